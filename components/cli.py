@@ -1,0 +1,70 @@
+"""`retina` — one command line for every step.
+
+Each step contributes its sub-commands from its own `cli.py` (a `register(subparsers)` function), so
+the entry point stays small and importing it never pulls in TensorFlow: steps import heavy
+libraries inside their command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from components.common.errors import RetinaError
+
+# Modules that add sub-commands, in the order `retina --help` lists them.
+COMMAND_MODULES = (
+    "components.common.cli",  # stack, data
+    "components.preprocess.cli",  # preprocess
+    "components.train.cli",  # train
+    "components.evaluate.cli",  # evaluate
+    "components.register.cli",  # register
+    "components.deploy.cli",  # deploy
+    "serving.cli",  # serve, predict
+    "components.explain.cli",  # explain
+    "pipelines.cli",  # pipeline compile|run|upload|schedule
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retina",
+        description="retina-xai: retinal-image preprocessing, training, serving and explanations on Kubeflow.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that step is not part of this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except RetinaError as exc:
+        print(f"retina {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
