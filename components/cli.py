@@ -16,7 +16,8 @@ from components.common.errors import RetinaError
 
 # Modules that add sub-commands, in the order `retina --help` lists them.
 COMMAND_MODULES = (
-    "components.common.cli",  # stack, data
+    "components.common.stack_cli",  # stack up|down|status
+    "components.common.data_cli",  # data synth|samples|ls
     "components.preprocess.cli",  # preprocess
     "components.train.cli",  # train
     "components.evaluate.cli",  # evaluate
