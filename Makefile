@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create or refresh .venv themselves; packages are re-installed only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv test test-fast lint demo images compile clean-stack
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them).
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+# The main job end to end on the embedded default (local SeaweedFS + MLflow + model server + kfp local runner).
+demo: $(STAMP)
+	$(VENV)/bin/retina demo
+
+compile: $(STAMP)
+	$(VENV)/bin/retina pipeline compile --out build/pipelines
+
+# Builds the CPU project image and the GPU training image where a Docker engine exists.
+images: $(STAMP)
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (the CLI alone cannot build)"; exit 1; }
+	docker build -f infra/images/Dockerfile -t $$($(PY) -c 'from components.common.images import PROJECT_IMAGE; print(PROJECT_IMAGE)') .
+	docker build -f infra/images/Dockerfile.gpu -t $$($(PY) -c 'from components.common.images import GPU_IMAGE; print(GPU_IMAGE)') .
+
+clean-stack: $(STAMP)
+	$(VENV)/bin/retina stack down
