@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_stack_env() -> None:
+    """After `retina stack up`, every command finds the local S3 + MLflow without `source .retina/stack.env`.
+
+    Variables already set in the environment (a cluster's Secret, a user's own endpoint) win.
+    """
+    try:
+        from components.common.stack import apply_stack_env
+    except ModuleNotFoundError:
+        return
+    apply_stack_env()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _load_stack_env()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
