@@ -1,0 +1,1 @@
+"""Register step: MLflow registry versions, the `challenger` alias and the champion gate."""
