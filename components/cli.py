@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # that step is not part of this build
+            if exc.name == name or name.startswith(f"{exc.name}."):  # that step is not part of this build
                 continue
             raise
         module.register(sub)
