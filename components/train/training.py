@@ -56,6 +56,7 @@ class TrainConfig:
     class_weighting: bool = True
     cache_dir: str | None = None
     callbacks: list[Any] = field(default_factory=list)  # extra Keras callbacks, run after ours
+    copy_to: str | None = None  # also copy the model folder here (a KFP Model artifact's local path)
 
 
 @dataclass
@@ -350,6 +351,8 @@ def _save_outputs(model: Any, info: ModelInfo, config: TrainConfig, run_id: str,
         local = save_model_dir(model, info, str(Path(tmp) / "model"))
         if not chief:  # other workers of a multi-worker job save too (collective ops) but publish nothing
             return ""
+        if config.copy_to:
+            shutil.copytree(local, config.copy_to, dirs_exist_ok=True)
         if run_id:
             import mlflow
 
@@ -365,3 +368,28 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
     out = asdict(config)
     out.pop("callbacks", None)
     return out
+
+
+def default_checkpoint_uri(output_uri: str) -> str:
+    """`<parent>/_checkpoints/<name>` beside the output folder: stable across pod restarts, never inside it."""
+    return storage.join(storage.parent(output_uri), "_checkpoints", storage.basename(output_uri))
+
+
+def train_step(modality: str, data_uri: str, model_name: str, image_size: int, epochs: int, batch_size: int,
+               output_uri: str, learning_rate: float = 1e-3, head: str = "softmax", mlflow_experiment: str = "retina",
+               seed: int = 0, width: float = 1.0, checkpoint_uri: str = "", artifact_path: str | None = None,
+               ) -> tuple[str, str]:
+    """What the KFP `train` component runs: train, copy the model folder into the artifact, return ids.
+
+    Checkpoints default to a folder beside the output, so a restarted pod (preemption, KFP retry) with
+    the same parameters resumes from its last finished epoch.
+    """
+    config = TrainConfig(
+        modality=modality, data_uri=data_uri, model_name=model_name, image_size=image_size or None,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, head=head, width=width, seed=seed,
+        output_uri=output_uri or None, mlflow_experiment=mlflow_experiment,
+        checkpoint_uri=checkpoint_uri or (default_checkpoint_uri(output_uri) if output_uri else None),
+        copy_to=artifact_path,
+    )
+    result = train(config, progress=print)
+    return result.run_id, result.model_uri

@@ -1,0 +1,45 @@
+"""KFP component `train`: a thin wrapper over `components.train.training.train_step`.
+
+Runs on the GPU image; the pipeline adds `set_accelerator_type('nvidia.com/gpu')` and the GPU limit.
+The trained folder (model.keras + retina_model.json) is copied into the `model` artifact as well, with
+the MLflow run id and the model URI in its metadata.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Model, Output
+
+from components.common.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE)
+def train(
+    modality: str,
+    data_uri: str,
+    model_name: str,
+    image_size: int,
+    epochs: int,
+    batch_size: int,
+    output_uri: str,
+    model: Output[Model],
+    learning_rate: float = 1e-3,
+    head: str = "softmax",
+    mlflow_experiment: str = "retina",
+    seed: int = 0,
+    width: float = 1.0,
+    checkpoint_uri: str = "",
+) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str)]):
+    from collections import namedtuple
+
+    from components.train.training import train_step
+
+    run_id, model_uri = train_step(
+        modality=modality, data_uri=data_uri, model_name=model_name, image_size=image_size, epochs=epochs,
+        batch_size=batch_size, output_uri=output_uri, learning_rate=learning_rate, head=head,
+        mlflow_experiment=mlflow_experiment, seed=seed, width=width, checkpoint_uri=checkpoint_uri,
+        artifact_path=model.path,
+    )
+    model.metadata.update({"mlflow_run_id": run_id, "model_uri": model_uri, "modality": modality,
+                           "model_name": model_name, "framework": "keras"})
+    return namedtuple("TrainOutputs", ["run_id", "model_uri"])(run_id, model_uri)
