@@ -1,0 +1,1 @@
+"""Deploy step: registry version -> SavedModel in the TF Serving repository, gated by a canary check."""

@@ -1,0 +1,34 @@
+"""KFP component for the deploy step: a thin wrapper over `components.deploy.deployment.deploy_model`.
+
+No `from __future__ import annotations` here: KFP reads the real annotation objects.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.common.images import PROJECT_IMAGE
+
+
+@dsl.component(base_image=PROJECT_IMAGE)
+def deploy(
+    model_name: str,
+    version: str,
+    serving_base_uri: str,
+    server_address: str = "",
+    canary_timeout_s: float = 120.0,
+    server_base_path: str = "",
+) -> NamedTuple("DeployOutputs", [("serving_version", int), ("endpoint", str)]):
+    """Publish registry `version` (a number or an alias such as `champion`) of `model_name` into the TF
+    Serving repository at `serving_base_uri`; with `server_address`, canary-check it before `stable` moves."""
+    from components.deploy.deployment import deploy_model
+
+    result = deploy_model(
+        model_name,
+        serving_base_uri,
+        version=version,
+        server_address=server_address,
+        canary_timeout_s=canary_timeout_s,
+        server_base_path=server_base_path,
+    )
+    return (result.serving_version, result.endpoint)
