@@ -1,0 +1,329 @@
+"""`retina demo`: the whole system on this machine, from a fresh clone, in a few minutes.
+
+stack up (or reuse) -> synthetic fundus + OCT sets and the two real scikit-image images into s3://raw
+-> training pipeline for each modality on the kfp local runner (tiny sizes) -> the champion served by the
+local TF-Serving-compatible gRPC server, started detached -> a gRPC prediction on the real retina.jpg
+-> the batch explanation pipeline -> a summary table. The stack and the model server stay up, so
+`retina predict` and the MLflow UI work afterwards; `retina stack down` stops everything
+(it calls `stop_model_server`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.config import REGISTERED_MODEL, retina_home
+from components.common.errors import RetinaError
+
+SERVER_STATE_FILE = "model-server.json"
+SERVER_LOG_FILE = "model-server.log"
+RAW_PREFIX = "s3://raw/demo"
+REPORTS_URI = "s3://reports"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    image_size: int = 64
+    epochs: int = 2
+    images_per_set: int = 60
+    raw_image_size: int = 160
+    batch_size: int = 16
+    modalities: tuple[str, ...] = ("fundus", "oct")
+    # Small architectures keep training to seconds on 2 CPU cores.
+    model_names: dict[str, str] = field(default_factory=lambda: {"fundus": "deepsense", "oct": "oct_cnn"})
+    model_width: float = 0.25
+    explain_images: int = 4
+    shard_size: int = 1  # the two real images -> two shards, so the ParallelFor fan-out shows
+
+
+# --------------------------------------------------------------------------- the detached model server
+def _server_state_path(home: Path) -> Path:
+    return home / SERVER_STATE_FILE
+
+
+def _pid_runs(pid: int, marker: str) -> bool:
+    """The pid is alive AND still our server (not a recycled pid running something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True  # no /proc (macOS): the pid exists; trust the state file
+    return marker in cmdline
+
+
+def model_server_status(home: str | Path | None = None) -> dict[str, Any] | None:
+    """The recorded model server (pid, address, config) if it is still running, else None."""
+    home = Path(home) if home else retina_home()
+    path = _server_state_path(home)
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if _pid_runs(int(state["pid"]), state["model_config_file"]) else None
+
+
+def stop_model_server(home: str | Path | None = None, timeout_s: float = 10.0) -> bool:
+    """Stop the model server `start_model_server` recorded under `home`; True if one was running.
+
+    Called by `retina stack down`. Only the recorded pid is signalled, and only if its command line
+    still names the server's config file.
+    """
+    import signal
+
+    home = Path(home) if home else retina_home()
+    path = _server_state_path(home)
+    state = model_server_status(home)
+    path.unlink(missing_ok=True)
+    if state is None:
+        return False
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid_runs(pid, state["model_config_file"]):
+        time.sleep(0.2)
+    if _pid_runs(pid, state["model_config_file"]):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_argv(model_config_file: str, port: int) -> list[str]:
+    """`retina serve --model_config_file F --port P` when the serving CLI takes those flags."""
+    from components.cli import build_parser
+
+    argv = ["serve", "--model_config_file", model_config_file, "--port", str(port)]
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:
+        raise RetinaError("`retina serve` does not accept --model_config_file/--port; cannot start the server") from exc
+    return [sys.executable, "-m", "components.cli", *argv]
+
+
+def start_model_server(model_config_file: str | Path, home: str | Path | None = None, timeout_s: float = 180.0) -> dict:
+    """Start (or reuse) the local gRPC model server as a detached process; returns its recorded state.
+
+    Detached (own session, output to a log file) so it outlives this command; the pid goes to
+    `<home>/model-server.json` for `stop_model_server`. A running server re-reads its config file, so
+    it is reused when it serves the same config.
+    """
+    home = Path(home) if home else retina_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = str(Path(model_config_file).resolve())
+    running = model_server_status(home)
+    if running and running["model_config_file"] == config:
+        running["reused"] = True
+        return running
+    if running:
+        stop_model_server(home)
+    port = _free_port()
+    log_path = home / SERVER_LOG_FILE
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            _serve_argv(config, port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+    state = {"pid": proc.pid, "port": port, "address": f"127.0.0.1:{port}", "model_config_file": config,
+             "log": str(log_path), "reused": False}
+    _server_state_path(home).write_text(json.dumps(state, indent=2))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _server_state_path(home).unlink(missing_ok=True)
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise RetinaError(f"model server exited with {proc.returncode}; log {log_path}:\n{tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return state
+        except OSError:
+            time.sleep(0.5)
+    stop_model_server(home)
+    raise RetinaError(f"model server did not open port {port} within {timeout_s:.0f}s; log {log_path}")
+
+
+# --------------------------------------------------------------------------- the demo
+class _Steps:
+    """Numbered progress lines with the time each step took."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.t0 = total, 0, time.monotonic()
+
+    def start(self, text: str) -> float:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {text} ...", flush=True)
+        return time.monotonic()
+
+    def done(self, t: float, text: str = "") -> None:
+        print(f"      done in {time.monotonic() - t:.0f}s{'  ' + text if text else ''}", flush=True)
+
+
+def _write_data(settings: DemoSettings) -> dict[str, str]:
+    from components.common.samples import write_samples
+
+    from components.common import synthetic
+
+    uris = {}
+    writers = {"fundus": synthetic.write_fundus_dataset, "oct": synthetic.write_oct_dataset}
+    for modality in settings.modalities:
+        uri = f"{RAW_PREFIX}/{modality}"
+        writers[modality](uri, n=settings.images_per_set, seed=0, size=settings.raw_image_size, balance=True)
+        uris[modality] = uri
+    uris["samples"] = f"{RAW_PREFIX}/samples"
+    write_samples(uris["samples"])
+    return uris
+
+
+def _training_arguments(settings: DemoSettings, modality: str, raw_uri: str, serving_base: str) -> dict[str, Any]:
+    return {
+        "modality": modality,
+        "raw_data_uri": raw_uri,
+        "image_size": settings.image_size,
+        "model_name": settings.model_names[modality],
+        "model_width": settings.model_width,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "gpu_count": 0,
+        "serving_base_uri": serving_base,
+        "server_base_path": "",
+        "reports_uri": REPORTS_URI,
+        "explain_images": settings.explain_images,
+    }
+
+
+def _predict_retina(address: str, samples_uri: str) -> tuple[str, float]:
+    from serving.client import ServingClient
+
+    from components.common import storage
+    from components.common.config import CLASS_NAMES
+
+    image = storage.read_bytes(storage.join(samples_uri, "retina.jpg"))
+    client = ServingClient(address)
+    deadline = time.monotonic() + 120
+    while True:  # the server loads the first versions in the background after opening its port
+        try:
+            result = client.predict_images(REGISTERED_MODEL["fundus"], [image])
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    probs = _probabilities(result)
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return CLASS_NAMES["fundus"][best], float(probs[best])
+
+
+def _probabilities(result: Any) -> list[float]:
+    """First row of `probabilities` from whatever shape the client returns (dict of arrays or an object)."""
+    import numpy as np
+
+    probs = result["probabilities"] if isinstance(result, dict) else result.probabilities
+    return [float(p) for p in np.asarray(probs).reshape(-1, np.asarray(probs).shape[-1])[0]]
+
+
+def _local_copy(report_uri: str, home: Path) -> Path:
+    from components.common import storage
+
+    bucket_path = report_uri.split("://", 1)[-1]
+    dest = home / "reports" / bucket_path
+    storage.download_dir(report_uri, dest)
+    return dest
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def run_demo(settings: DemoSettings | None = None) -> int:
+    from components.common.stack import start_stack
+    from pipelines.local import run_local
+
+    settings = settings or DemoSettings()
+    steps = _Steps(total=3 + len(settings.modalities) + 2)
+    home = retina_home()
+
+    t = steps.start("local stack: SeaweedFS (S3) + MLflow on 127.0.0.1")
+    stack = start_stack()
+    os.environ.update(stack.env)
+    steps.done(t, f"{'reused' if stack.reused else 'started'}; S3 {stack.s3_endpoint}, MLflow {stack.mlflow_uri}")
+
+    t = steps.start(f"data: {settings.images_per_set} synthetic images per modality + 2 real skimage images")
+    uris = _write_data(settings)
+    steps.done(t, ", ".join(uris.values()))
+
+    serving_base = str(home / "serving")
+    results: dict[str, dict[str, Any]] = {}
+    for modality in settings.modalities:
+        t = steps.start(f"training pipeline, {modality} (kfp local runner)")
+        results[modality] = run_local(
+            "training", _training_arguments(settings, modality, uris[modality], serving_base), home / "pipeline-root"
+        )
+        r = results[modality]
+        steps.done(t, f"{r['model_name']} v{r['version']}, accuracy {r['accuracy']:.3f}, promoted {r['promoted']}")
+
+    t = steps.start("model server (gRPC, TF Serving API) on the serving repository")
+    config = Path(serving_base) / "models.config"
+    if not config.is_file():
+        raise RetinaError(f"no {config}: no model was ever promoted and deployed")
+    server = start_model_server(config, home)
+    steps.done(t, f"{'reused' if server['reused'] else 'started'} at {server['address']} (pid {server['pid']})")
+
+    prediction = ""
+    if "fundus" in settings.modalities:
+        t = steps.start("gRPC prediction on the real retina.jpg")
+        label, prob = _predict_retina(server["address"], uris["samples"])
+        prediction = f"{label} (p={prob:.2f})"
+        steps.done(t, prediction)
+    else:
+        steps.total -= 1
+
+    t = steps.start("batch explanation pipeline on the real images (champion, sharded)")
+    modality = "fundus" if "fundus" in settings.modalities else settings.modalities[0]
+    batch = run_local(
+        "explain",
+        {"modality": modality, "images_uri": uris["samples"], "reports_uri": REPORTS_URI,
+         "work_uri": "s3://pipeline-root/shards", "shard_size": settings.shard_size},
+        home / "pipeline-root",
+    )
+    batch_uri = batch.get("index_uri", "")
+    steps.done(t, batch_uri)
+
+    rows = []
+    for modality, r in results.items():
+        report_uri = r["report_uri"]
+        rows.append([modality, f"{r['model_name']} v{r['version']}", f"{r['accuracy']:.3f}", f"{r['qwk']:.3f}",
+                     "yes" if r["promoted"] else "no", server["address"], report_uri,
+                     str(_local_copy(report_uri, home))])
+    if batch_uri:
+        rows.append([f"{modality} batch", "champion", "", "", "", server["address"], batch_uri,
+                     str(_local_copy(batch_uri, home))])
+    print()
+    print(_table(rows, ["modality", "model", "accuracy", "qwk", "promoted", "serving (gRPC)", "report (S3)",
+                        "local copy"]))
+    if prediction:
+        print(f"\nretina.jpg -> {prediction}")
+    print(f"\nMLflow UI: {stack.mlflow_uri}   model server: {server['address']}   "
+          f"total {time.monotonic() - steps.t0:.0f}s")
+    print("Both stay up: try `retina predict ...`; `retina stack down` stops the stack and the model server.")
+    return 0
