@@ -38,6 +38,7 @@ def test_cli_register_prints_the_decision(stack, log_model_run, capsys):
     from components.cli import main
 
     run_id = log_model_run({"test_qwk": 0.4})
+    capsys.readouterr()  # MLflow prints run links while logging
     assert main(["register", "--modality", "fundus", "--run-id", run_id, "--margin", "0.01", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model_name"] == "retina-fundus"
