@@ -25,6 +25,17 @@ PIPELINE_NAME = "retina-training"
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 
+class TrainingOutputs(NamedTuple):
+    """What a run reports back (the demo's table; the KFP UI's run outputs)."""
+
+    accuracy: float
+    qwk: float
+    model_name: str
+    version: str
+    promoted: bool
+    report_uri: str
+
+
 def _retry(task: dsl.PipelineTask, attempts: int) -> dsl.PipelineTask:
     """Retry transient failures (S3 hiccups, pre-empted GPU nodes) with backoff; a real bug fails each try."""
     return task.set_retry(num_retries=attempts, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="10m")
@@ -86,11 +97,7 @@ def training_pipeline(
     mlflow_experiment: str = "retina",
     model_width: float = 1.0,
     seed: int = 0,
-) -> NamedTuple(
-    "TrainingOutputs",
-    [("accuracy", float), ("qwk", float), ("model_name", str), ("version", str), ("promoted", bool),
-     ("report_uri", str)],
-):
+) -> TrainingOutputs:
     """Parameters: `promotion_metric` empty = qwk for fundus, accuracy for OCT; `server_base_path` is the
     serving repository as the model server sees it (`/models` in the TF Serving pod; empty = same as
     `serving_base_uri`); `server_address` (host:port) enables the canary check before `stable` moves."""
@@ -166,12 +173,7 @@ def training_pipeline(
     report.set_caching_options(False)
     _retry(with_cluster_env(report), 2)
 
-    outputs = NamedTuple(
-        "TrainingOutputs",
-        [("accuracy", float), ("qwk", float), ("model_name", str), ("version", str), ("promoted", bool),
-         ("report_uri", str)],
-    )
-    return outputs(
+    return TrainingOutputs(
         accuracy=scored.outputs["accuracy"],
         qwk=scored.outputs["qwk"],
         model_name=registered.outputs["model_name"],

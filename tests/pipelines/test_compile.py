@@ -1,0 +1,105 @@
+"""Both pipelines compile; the packages carry the GPU request, secret references, scheduling rules and images."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.common.images import GPU_IMAGE, PROJECT_IMAGE
+from pipelines.k8s import CONFIG_MAPS, GPU_NODE_LABEL, GPU_TOLERATION_KEY, MLFLOW_SECRET, S3_SECRET
+
+
+def _executors(doc: dict) -> dict:
+    return doc["spec"]["deploymentSpec"]["executors"]
+
+
+def _k8s_executors(doc: dict) -> dict:
+    return doc["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _all_tasks(doc: dict) -> dict[str, dict]:
+    """Every task of the root DAG and of the sub-DAGs (conditions, loops, nested pipelines), by name."""
+    tasks = dict(doc["spec"]["root"]["dag"]["tasks"])
+    for component in doc["spec"]["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_both_pipelines_compile(compiled) -> None:
+    assert set(compiled) == {"training", "explain"}
+    assert compiled["training"]["spec"]["pipelineInfo"]["name"] == "retina-training"
+    assert compiled["explain"]["spec"]["pipelineInfo"]["name"] == "retina-batch-explanation"
+
+
+def test_train_requests_the_gpu_from_pipeline_parameters(compiled) -> None:
+    doc = compiled["training"]
+    accelerator = _executors(doc)["exec-train"]["container"]["resources"]["accelerator"]
+    assert "gpu_type" in accelerator["resourceType"]
+    assert "gpu_count" in accelerator["resourceCount"]
+    params = doc["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_type"]["defaultValue"] == "nvidia.com/gpu"
+    # Only training asks for an accelerator.
+    others = [name for name, ex in _executors(doc).items() if name != "exec-train" and "accelerator" in
+              ex["container"].get("resources", {})]
+    assert others == []
+
+
+def test_train_tolerates_gpu_taint_and_selects_gpu_nodes(compiled) -> None:
+    train = _k8s_executors(compiled["training"])["exec-train"]
+    assert train["tolerations"] == [{"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    assert train["nodeSelector"]["labels"] == {GPU_NODE_LABEL: "true"}
+    assert "tolerations" not in _k8s_executors(compiled["training"])["exec-evaluate"]
+
+
+@pytest.mark.parametrize("pipeline", ["training", "explain"])
+def test_every_step_gets_s3_credentials_by_secret_reference(compiled, pipeline) -> None:
+    doc = compiled[pipeline]
+    k8s = _k8s_executors(doc)
+    assert set(k8s) == set(_executors(doc)), "a step without the cluster settings"
+    for name, ex in k8s.items():
+        secrets = {s["secretName"]: s for s in ex["secretAsEnv"]}
+        assert S3_SECRET.name in secrets, name
+        assert {k["secretKey"] for k in secrets[S3_SECRET.name]["keyToEnv"]} == set(S3_SECRET.key_to_env)
+        maps = {c["configMapNameParameter"]["runtimeValue"]["constant"] for c in ex["configMapAsEnv"]}
+        assert maps == set(CONFIG_MAPS), name
+    # Steps that talk to MLflow also get its (optional) credentials.
+    mlflow_steps = [n for n, ex in k8s.items() if any(s["secretName"] == MLFLOW_SECRET.name for s in ex["secretAsEnv"])]
+    assert any("register" in n for n in mlflow_steps) or pipeline == "explain"
+
+
+@pytest.mark.parametrize("pipeline", ["training", "explain"])
+def test_no_credential_value_is_compiled_in(compiled, pipeline, sentinel_secrets) -> None:
+    text = compiled[pipeline]["text"]
+    for key, value in sentinel_secrets.items():
+        assert value not in text, f"{key} value leaked into the {pipeline} package"
+
+
+@pytest.mark.parametrize("pipeline", ["training", "explain"])
+def test_steps_run_the_project_images(compiled, pipeline) -> None:
+    images = {name: ex["container"]["image"] for name, ex in _executors(compiled[pipeline]).items()}
+    assert set(images.values()) <= {PROJECT_IMAGE, GPU_IMAGE}
+    if pipeline == "training":
+        assert images["exec-train"] == GPU_IMAGE
+        assert {n for n, i in images.items() if i == GPU_IMAGE} == {"exec-train"}
+
+
+def test_side_effect_steps_are_never_cached_and_all_retry(compiled) -> None:
+    tasks = _all_tasks(compiled["training"])
+    for name in ("train", "register", "deploy", "explain"):
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+    for name in ("preprocess", "train", "evaluate", "register", "deploy", "explain"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] >= 2, name
+
+
+def test_deploy_runs_only_when_promoted(compiled) -> None:
+    tasks = _all_tasks(compiled["training"])
+    condition = [t for t in tasks.values() if "triggerPolicy" in t and "deploy" in str(t["componentRef"])]
+    assert condition, "deploy is not under a condition"
+    assert "promoted" in condition[0]["triggerPolicy"]["condition"]
+
+
+def test_batch_explanation_fans_out_over_shards(compiled) -> None:
+    tasks = _all_tasks(compiled["explain"])
+    loops = [t for t in tasks.values() if "iterator" in t or "parameterIterator" in t]
+    assert loops, "no ParallelFor"
+    assert "parameterIterator" in loops[0]
+    assert {"resolve-model", "list-shards", "explain", "merge-reports"} <= set(tasks)
