@@ -91,10 +91,14 @@ def test_side_effect_steps_are_never_cached_and_all_retry(compiled) -> None:
 
 
 def test_deploy_runs_only_when_promoted(compiled) -> None:
-    tasks = _all_tasks(compiled["training"])
-    condition = [t for t in tasks.values() if "triggerPolicy" in t and "deploy" in str(t["componentRef"])]
-    assert condition, "deploy is not under a condition"
-    assert "promoted" in condition[0]["triggerPolicy"]["condition"]
+    spec = compiled["training"]["spec"]
+    guarded = [
+        t["triggerPolicy"]["condition"]
+        for t in _all_tasks(compiled["training"]).values()
+        if "triggerPolicy" in t and "deploy" in spec["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {})
+    ]
+    assert guarded == ["inputs.parameter_values['pipelinechannel--promoted'] == true"]
+    assert "deploy" not in spec["root"]["dag"]["tasks"]
 
 
 def test_batch_explanation_fans_out_over_shards(compiled) -> None:
