@@ -375,8 +375,12 @@ def publish_folder(local_dir: str | Path, uri: str, last: Sequence[str] = (), ov
         final = Path(uri)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-        shutil.copytree(local_dir, staging)
-        (staging / SUCCESS_MARKER).write_text("")
+        try:
+            shutil.copytree(local_dir, staging)
+            (staging / SUCCESS_MARKER).write_text("")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a half copy must not linger where list_uris finds it
+            raise
         if final.exists():
             old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
             os.replace(final, old)
