@@ -1,0 +1,451 @@
+"""Pure image operations for fundus photos and OCT B-scans: numpy/OpenCV in, numpy out, no I/O.
+
+Fundus (Ben Graham, Kaggle DR 2015): find the retina, crop to it, scale it to a common radius, subtract
+the local average colour (`4·img − 4·GaussianBlur(img, σ = radius/30) + 128`) so every photo sits on
+50 % grey whatever its exposure, set everything outside `rim_fraction · radius` to 128 (the blur leaves a
+bright halo at the circle's edge), resize to `image_size`.
+
+Graham measured the radius from the middle row only. Real photos are often off-centre, clipped at the
+top/bottom (EyePACS) or cropped to fill the whole frame, where the middle row is wrong or meaningless;
+`find_retina` fits a circle to the retina's outline instead, ignoring outline points that lie on the frame
+border (where the photo, not the retina, ends). `radius_from_middle_row` keeps Graham's estimate as a
+reference.
+
+Geometry is exact to the sub-pixel, and a lesion mask passed to `preprocess_image` goes through the same
+crop/scale/resize (nearest neighbour), so masks stay aligned with the preprocessed image.
+
+OCT: grey, speckle-aware denoise (median or non-local means), crop or pad to square, percentile stretch,
+resize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+from components.common.config import check_modality
+from components.common.errors import RetinaError
+
+log = logging.getLogger(__name__)
+
+DENOISERS = ("median", "nlm", "none")
+SQUARE_MODES = ("crop", "pad")
+
+# Bounds detection runs on a thumbnail this long: cheap, and the same for a full and a reduced decode,
+# so both paths find the same circle.
+THUMBNAIL_SIDE = 512
+
+
+class NoRetinaFound(RetinaError):
+    """The frame holds no bright, retina-sized region (an all-black or blank image)."""
+
+
+@dataclass
+class PreprocessParams:
+    """Every preprocessing parameter, recorded in the dataset manifest and in each trained model.
+
+    Fundus names follow Graham's script: `radius` is the retina radius (px) at which the local-average
+    subtraction runs (Graham: 300); `None` means `image_size // 2`, i.e. the work happens at the output
+    resolution and the retina's diameter spans the output. σ = `sigma_ratio` · radius.
+    Output = `image_weight`·img + `blur_weight`·blur + `offset`, and pixels further than
+    `rim_fraction` · radius from the centre (or outside the photo) are set to `offset`.
+    """
+
+    modality: str = "fundus"
+    image_size: int = 512
+    radius: int | None = None
+    sigma_ratio: float = 1 / 30
+    image_weight: float = 4.0
+    blur_weight: float = -4.0
+    offset: float = 128.0
+    rim_fraction: float = 0.9
+    # Retina detection: a pixel is retina if brighter than max(background_level, background_fraction · p99).
+    background_level: float = 10.0
+    background_fraction: float = 0.1
+    min_retina_fraction: float = 0.02  # of the frame; smaller bright regions are "no retina found"
+    # Decoding: DCT-reduced decode to just above the needed size; images above max_pixels are rejected.
+    reduced_decode: bool = True
+    # decoded short side ≥ decode_oversample · image_size: 2.2 keeps the retina ≥ 2x the output so the
+    # sub-pixel placement happens above output resolution (≈40 dB vs the full-resolution reference);
+    # 1.15 decodes at half that size, faster, ≈37 dB.
+    decode_oversample: float = 2.2
+    max_pixels: int = 80_000_000
+    # OCT
+    denoise: str = "median"  # median | nlm | none
+    denoise_strength: float = 3.0  # median kernel size (odd, px) or non-local-means h
+    square_mode: str = "crop"  # crop the long side around the tissue, or pad the short side with black
+    low_percentile: float = 1.0
+    high_percentile: float = 99.5
+
+    def __post_init__(self) -> None:
+        check_modality(self.modality)
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        if self.radius is not None and self.radius < 4:
+            raise ValueError(f"radius must be at least 4 px, got {self.radius}")
+        if not 0 < self.rim_fraction <= 1:
+            raise ValueError(f"rim_fraction must be in (0, 1], got {self.rim_fraction}")
+        if self.sigma_ratio <= 0:
+            raise ValueError(f"sigma_ratio must be positive, got {self.sigma_ratio}")
+        if self.denoise not in DENOISERS:
+            raise ValueError(f"denoise must be one of {DENOISERS}, got {self.denoise!r}")
+        if self.square_mode not in SQUARE_MODES:
+            raise ValueError(f"square_mode must be one of {SQUARE_MODES}, got {self.square_mode!r}")
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ValueError("need 0 <= low_percentile < high_percentile <= 100")
+
+    @property
+    def work_radius(self) -> int:
+        return int(self.radius) if self.radius else self.image_size // 2
+
+    @property
+    def sigma(self) -> float:
+        return self.work_radius * self.sigma_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        """Unknown keys (written by a newer version) are ignored with a warning, so old code reads new manifests."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            log.warning("ignoring unknown preprocessing parameters: %s", ", ".join(unknown))
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Preprocessed(NamedTuple):
+    image: np.ndarray  # uint8, S×S×3 (fundus) or S×S (OCT)
+    mask: np.ndarray | None  # uint8 S×S, same geometry as image
+
+
+class RetinaCircle(NamedTuple):
+    """Retina centre and radius in pixel-centre coordinates of the image it was found in."""
+
+    cx: float
+    cy: float
+    radius: float
+    full_frame: bool = False
+
+
+# ============================================================================ fundus: bounds
+def _intensity(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else image.max(axis=2)
+
+
+def radius_from_middle_row(image: np.ndarray) -> float:
+    """Graham's estimate: half the number of middle-row pixels brighter than a tenth of the row's mean."""
+    row = image[image.shape[0] // 2].astype(np.float32)
+    row = row.sum(axis=1) if row.ndim == 2 else row
+    return float((row > row.mean() / 10).sum() / 2)
+
+
+def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
+    """Algebraic least-squares circle (Kåsa): x² + y² + Dx + Ey + F = 0."""
+    a = np.column_stack([xs, ys, np.ones_like(xs)])
+    b = -(xs**2 + ys**2)
+    (d, e, f), *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = -d / 2, -e / 2
+    return float(cx), float(cy), float(math.sqrt(max(cx**2 + cy**2 - f, 0.0)))
+
+
+def retina_region(image: np.ndarray, params: PreprocessParams | None = None) -> np.ndarray:
+    """Boolean mask of retina pixels (the largest bright connected region, holes filled)."""
+    params = params or PreprocessParams()
+    gray = _intensity(image)
+    bright = float(np.percentile(gray, 99))
+    threshold = max(params.background_level, params.background_fraction * bright)
+    mask = (gray > threshold).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:
+        return np.zeros(gray.shape, bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == largest).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(region)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool)
+
+
+def find_retina(image: np.ndarray, params: PreprocessParams | None = None) -> RetinaCircle:
+    """Centre and radius of the retina, robust to off-centre, clipped and full-frame photos.
+
+    Runs on a ≤512 px thumbnail. The retina is the largest bright region; a circle is fitted to its outline
+    points that do not lie on the frame border (there the photo is clipped, the retina goes on), with one
+    round of outlier rejection (notches, reflections). When almost the whole outline is frame border the
+    photo is full-frame: the circle is the frame's own (centre, half the longer side).
+    Raises NoRetinaFound for frames without a retina-sized bright region.
+    """
+    params = params or PreprocessParams()
+    h, w = image.shape[:2]
+    scale = min(1.0, THUMBNAIL_SIDE / max(h, w))
+    thumb = image
+    if scale < 1.0:
+        thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    th, tw = thumb.shape[:2]
+    sx, sy = tw / w, th / h
+    region = retina_region(thumb, params)
+    if region.sum() < params.min_retina_fraction * th * tw:
+        raise NoRetinaFound("no retina found (frame is dark or blank)")
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    points = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    inner = (points[:, 0] > 1) & (points[:, 0] < tw - 2) & (points[:, 1] > 1) & (points[:, 1] < th - 2)
+    arc = points[inner]
+    if len(arc) < max(12, 0.05 * len(points)):
+        return RetinaCircle((w - 1) / 2, (h - 1) / 2, max(h, w) / 2, full_frame=True)
+    # outline pixels are the region's outermost pixels: their centres sit half a pixel inside the edge
+    xs, ys = arc[:, 0], arc[:, 1]
+    cx, cy, r = _fit_circle(xs, ys)
+    residual = np.abs(np.hypot(xs - cx, ys - cy) - r)
+    keep = residual <= max(1.5, 3 * float(np.median(residual)))
+    if keep.sum() >= 12 and not keep.all():
+        cx, cy, r = _fit_circle(xs[keep], ys[keep])
+    r += 0.5
+    if not (0.05 * min(th, tw) < r < 2 * max(th, tw)):
+        raise NoRetinaFound(f"no retina found (implausible outline radius {r / sx:.0f} px)")
+    # thumbnail pixel centres -> image pixel centres (cv2.resize maps (u + 0.5) / s - 0.5)
+    return RetinaCircle((cx + 0.5) / sx - 0.5, (cy + 0.5) / sy - 0.5, r / ((sx + sy) / 2))
+
+
+# ============================================================================ fundus: geometry
+def _crop_box(circle: RetinaCircle, h: int, w: int, margin: int) -> tuple[int, int, int, int]:
+    x0 = max(0, math.floor(circle.cx - circle.radius) - margin)
+    y0 = max(0, math.floor(circle.cy - circle.radius) - margin)
+    x1 = min(w, math.ceil(circle.cx + circle.radius) + margin + 1)
+    y1 = min(h, math.ceil(circle.cy + circle.radius) + margin + 1)
+    return x0, y0, x1, y1
+
+
+def crop_and_scale(
+    image: np.ndarray, circle: RetinaCircle, radius: int, nearest: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the retina's bounding square and scale it so the retina has `radius`; pad where clipped.
+
+    Returns (canvas 2r×2r, valid) where `valid` marks canvas pixels that came from the photo (not padding).
+    The sub-pixel placement (one affine warp) happens at the source resolution, onto an intermediate canvas
+    an integer multiple n of the output, which INTER_AREA then reduces exactly by n. Interpolating at the
+    output resolution instead would soften exactly the fine detail that the 4x local-average subtraction
+    amplifies. `nearest=True` (masks) uses nearest neighbour throughout.
+    """
+    h, w = image.shape[:2]
+    size = 2 * radius
+    n = max(1, int(2 * circle.radius // size))  # integer oversampling of the intermediate canvas
+    big = n * size
+    k = big / (2 * circle.radius)  # source -> intermediate scale, in (0.5, 1] unless upscaling
+    x0, y0, x1, y1 = _crop_box(circle, h, w, margin=3)
+    crop = image[y0:y1, x0:x1]
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise NoRetinaFound("no retina found (circle outside the frame)")
+    # pixel-centre coordinates: u_big = (u_img − c)·k + (big − 1)/2, with u_img = u_crop + x0
+    matrix = np.array(
+        [[k, 0.0, (x0 - circle.cx) * k + (big - 1) / 2], [0.0, k, (y0 - circle.cy) * k + (big - 1) / 2]]
+    )
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_LINEAR if n > 1 else cv2.INTER_LANCZOS4)
+    canvas = cv2.warpAffine(crop, matrix, (big, big), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    valid = cv2.warpAffine(np.full(crop.shape[:2], 255, np.uint8), matrix, (big, big), flags=cv2.INTER_NEAREST,
+                           borderValue=0)
+    if n > 1:
+        canvas = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+        valid = cv2.resize(valid, (size, size), interpolation=cv2.INTER_NEAREST)
+    # the photo outside the crop box is background beyond the retina circle, so `valid` stays a superset
+    return canvas, valid > 0
+
+
+def subtract_local_average(
+    image: np.ndarray, sigma: float, image_weight: float = 4.0, blur_weight: float = -4.0, offset: float = 128.0
+) -> np.ndarray:
+    """Graham's colour normalisation: `image_weight·img + blur_weight·GaussianBlur(img, σ) + offset`.
+
+    Subtracting the local average maps every photo's mean colour to 50 % grey, removing exposure and
+    pigmentation differences while amplifying vessels and lesions.
+    """
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
+    return cv2.addWeighted(image, image_weight, blurred, blur_weight, offset)
+
+
+def circle_mask(size: int, radius: float) -> np.ndarray:
+    """Boolean disc of `radius` px centred in a size×size frame (pixel-centre geometry)."""
+    c = (size - 1) / 2
+    yy, xx = np.ogrid[:size, :size]
+    return (xx - c) ** 2 + (yy - c) ** 2 <= radius**2
+
+
+def remove_rim(image: np.ndarray, radius: float, fill: float = 128.0, valid: np.ndarray | None = None) -> np.ndarray:
+    """Set pixels outside the circle of `radius` (and outside `valid`, the photo's own pixels) to `fill`.
+
+    The blur in `subtract_local_average` mixes the black background into the edge of the retina, leaving
+    a bright ring; cutting at 0.9 of the radius removes it.
+    """
+    keep = circle_mask(image.shape[0], radius)
+    if valid is not None:
+        keep &= valid
+    out = image.copy()
+    out[~keep] = np.uint8(round(fill))
+    return out
+
+
+def resize_to(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def preprocess_fundus(image: np.ndarray, params: PreprocessParams, mask: np.ndarray | None = None) -> Preprocessed:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"fundus preprocessing needs an RGB image H×W×3, got shape {image.shape}")
+    circle = find_retina(image, params)
+    radius = params.work_radius
+    canvas, valid = crop_and_scale(image, circle, radius)
+    out = subtract_local_average(canvas, params.sigma, params.image_weight, params.blur_weight, params.offset)
+    out = remove_rim(out, params.rim_fraction * radius, params.offset, valid)
+    out = resize_to(out, params.image_size)
+    out_mask = None
+    if mask is not None:
+        out_mask = resize_to(crop_and_scale(_mask_on(image, mask), circle, radius, nearest=True)[0],
+                             params.image_size, nearest=True)
+    return Preprocessed(out, out_mask)
+
+
+def reference_fundus(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """The naive baseline: Graham's steps at the photo's full resolution, then one resize at the end.
+
+    Used by the benchmark and the parity tests; the project path (`preprocess_fundus` on a reduced decode)
+    must match it within PSNR ≥ 35 dB while doing the blur on a far smaller image.
+    """
+    circle = find_retina(image, params)
+    h, w = image.shape[:2]
+    r = circle.radius
+    side = max(1, round(2 * r))
+    x0, y0 = round(circle.cx - (side - 1) / 2), round(circle.cy - (side - 1) / 2)
+    canvas = np.zeros((side, side, 3), np.uint8)
+    valid = np.zeros((side, side), bool)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    valid[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = True
+    # float throughout: the full-resolution result is resized before it is rounded and clipped, so the
+    # reference is the ideal "steps at full resolution", not an artefact of saturating 4x amplified pixels
+    work = canvas.astype(np.float32)
+    blurred = cv2.GaussianBlur(work, (0, 0), params.sigma_ratio * r)
+    out = cv2.addWeighted(work, params.image_weight, blurred, params.blur_weight, params.offset)
+    size = 2 * params.work_radius
+    out = np.clip(np.rint(resize_to(out, size)), 0, 255).astype(np.uint8)
+    out = remove_rim(out, params.rim_fraction * params.work_radius, params.offset,
+                     resize_to(valid.astype(np.uint8), size, nearest=True) > 0)
+    return resize_to(out, params.image_size)
+
+
+def _mask_on(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A mask brought onto the image's pixel grid (nearest neighbour) if it was given at another size."""
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape[:2] != image.shape[:2]:
+        mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return mask
+
+
+# ============================================================================ OCT
+def to_gray(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def denoise_speckle(image: np.ndarray, method: str = "median", strength: float = 3.0) -> np.ndarray:
+    """Speckle is multiplicative, salt-and-pepper-like noise: a median keeps layer edges sharp where a
+    Gaussian would smear them; non-local means (h = strength) averages similar patches along the layers."""
+    if method == "none" or strength <= 0:
+        return image
+    if method == "median":
+        k = max(3, int(round(strength)) | 1)
+        return cv2.medianBlur(image, k)
+    if method == "nlm":
+        return cv2.fastNlMeansDenoising(image, None, h=float(strength), templateWindowSize=7, searchWindowSize=21)
+    raise ValueError(f"unknown denoise method {method!r}: expected one of {DENOISERS}")
+
+
+def square_box(image: np.ndarray, mode: str = "crop") -> tuple[int, int, int]:
+    """(x0, y0, side) of the square taken from the image; may reach outside it (padding) in "pad" mode.
+
+    "crop" keeps the short side and centres the long side on the tissue (intensity centroid), since a
+    B-scan's interesting part is where the retina is, not the frame's middle.
+    """
+    h, w = image.shape[:2]
+    if mode == "pad":
+        side = max(h, w)
+        return (w - side) // 2, (h - side) // 2, side
+    side = min(h, w)
+    weights = image.astype(np.float64)
+    total = weights.sum()
+    if w > h:
+        centre = (weights.sum(axis=0) * np.arange(w)).sum() / total if total > 0 else w / 2
+        x0 = int(np.clip(round(centre - side / 2), 0, w - side))
+        return x0, 0, side
+    centre = (weights.sum(axis=1) * np.arange(h)).sum() / total if total > 0 else h / 2
+    y0 = int(np.clip(round(centre - side / 2), 0, h - side))
+    return 0, y0, side
+
+
+def take_square(image: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
+    """Cut the square `box` out of `image`, padding with zeros where it reaches outside."""
+    x0, y0, side = box
+    h, w = image.shape[:2]
+    out = np.zeros((side, side, *image.shape[2:]), image.dtype)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def normalise_intensity(image: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.5) -> np.ndarray:
+    """Percentile stretch to 0..255: devices differ in gain; clipping the top/bottom tail ignores speckle."""
+    lo, hi = np.percentile(image, [low_percentile, high_percentile])
+    if hi - lo < 1e-6:
+        raise NoRetinaFound("blank image (no contrast)")
+    out = (image.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def preprocess_oct(image: np.ndarray, params: PreprocessParams, mask: np.ndarray | None = None) -> Preprocessed:
+    gray = to_gray(image)
+    if gray.std() < 1.0:
+        raise NoRetinaFound("blank image (no contrast)")
+    box = square_box(gray, params.square_mode)
+    square = take_square(gray, box)
+    out = denoise_speckle(square, params.denoise, params.denoise_strength)
+    out = resize_to(out, params.image_size)
+    out = normalise_intensity(out, params.low_percentile, params.high_percentile)
+    out_mask = None
+    if mask is not None:
+        out_mask = resize_to(take_square(_mask_on(gray, mask), box), params.image_size, nearest=True)
+    return Preprocessed(out, out_mask)
+
+
+# ============================================================================ entry point
+def preprocess_image(image: np.ndarray, params: PreprocessParams, mask: np.ndarray | None = None) -> Preprocessed:
+    """Fundus: RGB uint8 → S×S×3; OCT: grey or RGB uint8 → S×S. `mask` (lesions, single channel) follows
+    the same geometry. Raises NoRetinaFound for frames without retina/tissue."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if params.modality == "fundus":
+        return preprocess_fundus(image, params, mask)
+    return preprocess_oct(image, params, mask)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB between two uint8 images, optionally only over `region` pixels."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    if region is not None:
+        diff = diff[region]
+    mse = float(np.mean(diff**2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
