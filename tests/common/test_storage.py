@@ -108,6 +108,8 @@ def test_publish_folder_is_complete_marked_and_refuses_overwrite(root, tmp_path)
 
 def test_publish_copies_last_files_last_then_success(root, tmp_path, monkeypatch):
     """Readers key on `last` files (saved_model.pb, index.html): they must appear after everything else."""
+    if not storage.is_s3(root):
+        pytest.skip("a local publish appears by one rename: there is no order to observe")
     src = _tree(
         tmp_path, {"saved_model.pb": b"pb", "variables/v.data": b"v", "a.txt": b"a", "index.html": b"h"}
     )
