@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from components.common.config import MODALITIES
+from components.common.config import CLASS_NAMES, MODALITIES
 
 
 def _progress(label: str):
@@ -68,6 +68,30 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ls(args: argparse.Namespace) -> int:
+    from components.common.datasets import read_dataset
+
+    listing = read_dataset(args.root, args.modality)
+    names = CLASS_NAMES[args.modality]
+    print(
+        f"{len(listing)} usable images of {len({r.patient_id for r in listing.records})} patients in {args.root}"
+    )
+    for label, count in listing.label_counts().items():
+        print(f"  {label} {names[label]:14s} {count}")
+    if any(r.split for r in listing.records):
+        print("  splits: " + ", ".join(f"{k} {v}" for k, v in listing.split_counts().items()))
+    with_masks = sum(1 for r in listing.records if r.mask_uri)
+    if with_masks:
+        print(f"  lesion masks: {with_masks}")
+    if listing.problems:
+        print(f"{len(listing.problems)} problems:")
+        for problem in listing.problems[: args.max_problems]:
+            print(f"  {problem}")
+        if len(listing.problems) > args.max_problems:
+            print(f"  ... and {len(listing.problems) - args.max_problems} more")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("data", help="synthetic datasets and the real sample images")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -86,3 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     samples = actions.add_parser("samples", help="write retina.jpg and microaneurysms.jpg from scikit-image")
     samples.add_argument("--out", required=True, help="output folder: local path or s3://bucket/prefix")
     samples.set_defaults(func=_samples)
+
+    ls = actions.add_parser("ls", help="list a raw dataset (EyePACS / Kermany layout) and its problems")
+    ls.add_argument("--modality", choices=MODALITIES, required=True)
+    ls.add_argument("root", help="dataset root: local path or s3://bucket/prefix")
+    ls.add_argument("--max-problems", type=int, default=20)
+    ls.set_defaults(func=_ls)
