@@ -1,0 +1,35 @@
+"""KFP component for the explain step: a thin wrapper over `components.explain.explanation.explain_images`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Markdown, Output
+
+from components.common.images import PROJECT_IMAGE
+
+
+@dsl.component(base_image=PROJECT_IMAGE)
+def explain(
+    model_uri: str,
+    images_uri: str,
+    reports_uri: str,
+    html: Output[HTML],
+    summary: Output[Markdown],
+    methods: str = "gradcam,gradcam++,layercam",
+    max_images: int = 16,
+    run_name: str = "",
+) -> NamedTuple("ExplainOutputs", report_uri=str, pointing_game=float):
+    """Batch CAMs, feature maps, filters and faithfulness metrics; report under <reports>/<model>/<version>/<run>/.
+
+    `pointing_game` is -1.0 when no image has a lesion mask. `html` is the self-contained report
+    (images inlined) for the Kubeflow UI; `summary` the Markdown metrics table.
+    """
+    from components.explain.explanation import explain_images
+
+    result = explain_images(
+        model_uri, images_uri, reports_uri, methods=methods, max_images=max_images, run_name=run_name,
+        html_path=html.path, markdown_path=summary.path, progress=False,
+    )
+    return (result.report_uri, result.pointing_game)
