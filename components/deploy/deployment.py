@@ -21,13 +21,16 @@ Flow (one `deploy_model` call):
    as `canary`, and running the same deploy later with `--server` verifies and promotes it.
 
 `server_base_path` is the repository as the *server* sees it (`/models` inside the TF Serving pod
-that mirrors `s3://models`, see infra/k8s/serving); it defaults to `serving_base_uri`.
+that mirrors `s3://models`, see infra/k8s/serving); it defaults to the environment variable
+`RETINA_SERVER_BASE_PATH` (set it in the cluster's pipeline environment), then to `serving_base_uri`
+(right for the local server, which reads s3:// itself).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 LABEL_STABLE = "stable"
 LABEL_CANARY = "canary"
 AVAILABLE = "AVAILABLE"
+SERVER_BASE_PATH_ENV = "RETINA_SERVER_BASE_PATH"
 
 
 class DeployError(RetinaError):
@@ -280,7 +284,7 @@ def deploy_model(
 
     mv = resolve_version(model_name, version, alias, tracking_uri)
     serving_version = int(mv.version)
-    server_base = server_base_path or serving_base_uri
+    server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
     version_uri = version_path(serving_base_uri, model_name, serving_version)
     config_uri = storage.join(serving_base_uri, "models.config")
     log.info("deploying %s version %d to %s", model_name, serving_version, version_uri)

@@ -33,6 +33,7 @@ def test_cli_deploy_by_alias_prints_json(stack, register_version, model_name, tm
 
     version = register_version()
     base = tmp_path / "repo"
+    capsys.readouterr()  # MLflow prints run links while logging
     rc = main(["deploy", "--model", model_name, "--alias", "champion", "--serving-base", str(base), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)

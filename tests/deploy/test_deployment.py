@@ -91,7 +91,7 @@ def test_deploy_without_server_stages_a_canary(stack, register_version, model_na
 
 
 def test_champion_alias_is_the_default_and_server_base_path_goes_into_the_config(
-    stack, register_version, model_name, tmp_path
+    stack, register_version, model_name, tmp_path, monkeypatch
 ):
     register_version(0.6)
     champion = register_version(0.9)
@@ -101,6 +101,10 @@ def test_champion_alias_is_the_default_and_server_base_path_goes_into_the_config
 
     assert serving_version == int(champion)
     assert _config(base)[model_name].base_path == f"/models/{model_name}"
+    # on a cluster the step environment names the server's view of the repository
+    monkeypatch.setenv("RETINA_SERVER_BASE_PATH", "/mnt/repo")
+    deploy_model(model_name, base)
+    assert _config(base)[model_name].base_path == f"/mnt/repo/{model_name}"
 
 
 def test_canary_passes_on_a_local_repo_and_stable_moves(stack, register_version, model_name, tmp_path):
