@@ -1,0 +1,393 @@
+"""The preprocessing Beam pipeline: listing → patient split → decode + preprocess → TFRecord shards.
+
+One code path for every scale: `beam_args` go straight to Beam's PipelineOptions, so the DirectRunner
+(`--direct_num_workers=2 --direct_running_mode=multi_processing`) here and `--runner=FlinkRunner`,
+`SparkRunner`, `DataflowRunner`, … on a cluster run the same transforms. S3 access goes through Beam's
+S3 filesystem, i.e. boto3, which takes its endpoint and credentials from the environment
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …); nothing secret is put into options or logs.
+
+Output at `<out>/`: `<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz`, `rejected.jsonl` (dead letter: listing
+problems, duplicates, unknown labels, undecodable or retina-less images), and `manifest.json`, written
+last, so a reader that finds a manifest finds a complete dataset.
+
+Split rule (by patient, deterministic): a patient's unit number is sha256(f"{seed}/{patient_id}"). Without
+given splits (EyePACS): test if u < test_fraction, val if u < test_fraction + val_fraction, else train.
+With given splits (Kermany): the given `test` split is kept; every patient with any image in `test` has
+all images in `test`; the other patients are split train/val by u < val_fraction (Kermany's own `val`
+folder holds 8 images per class, too few to select a model on). `patients_moved` counts patients the
+given folders put in more than one split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.common import storage
+from components.common.config import CLASS_NAMES, check_modality, code_version
+from components.common.errors import ImageRejected, RetinaError
+from components.preprocess.ops import PreprocessParams
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+REJECTED = "rejected.jsonl"
+SHARD_SUFFIX = ".tfrecord.gz"
+_COUNTS = "_counts"
+_REJECTED_TAG = "rejected"
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+# ============================================================================ split planning
+def patient_unit(patient_id: str, seed: int) -> float:
+    """A patient's deterministic position in [0, 1): the same patient lands in the same split every run."""
+    digest = hashlib.sha256(f"{seed}/{patient_id}".encode()).hexdigest()
+    return int(digest[:15], 16) / 16**15
+
+
+@dataclass
+class SplitPlan:
+    assignments: list[tuple[Any, str]]  # (ImageRecord, split)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    patients_moved: int = 0
+
+
+def plan_splits(
+    records: Sequence[Any], num_classes: int, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> SplitPlan:
+    """Assign each record a split by patient; reject duplicate ids (all but the first by uri) and unknown labels."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1 (got {val_fraction}, {test_fraction})")
+    rejected: list[dict[str, str]] = []
+    first: dict[str, Any] = {}
+    for rec in sorted(records, key=lambda r: (r.image_id, str(r.uri))):
+        if rec.image_id in first:
+            rejected.append({"image_id": rec.image_id, "reason": f"duplicate image_id (kept {first[rec.image_id].uri})",
+                             "uri": str(rec.uri)})
+            continue
+        if not isinstance(rec.label, int) or not 0 <= rec.label < num_classes:
+            rejected.append({"image_id": rec.image_id, "reason": f"unknown label {rec.label!r}", "uri": str(rec.uri)})
+            continue
+        first[rec.image_id] = rec
+    kept = list(first.values())
+    given: dict[str, set[str]] = defaultdict(set)
+    for rec in kept:
+        if getattr(rec, "split", None):
+            given[rec.patient_id].add(rec.split)
+    patients_moved = sum(1 for splits in given.values() if len(splits) > 1)
+
+    def split_of(rec: Any) -> str:
+        u = patient_unit(rec.patient_id, seed)
+        if rec.patient_id in given:
+            if "test" in given[rec.patient_id]:
+                return "test"
+            return "val" if u < val_fraction else "train"
+        if u < test_fraction:
+            return "test"
+        return "val" if u < test_fraction + val_fraction else "train"
+
+    return SplitPlan([(rec, split_of(rec)) for rec in kept], rejected, patients_moved)
+
+
+# ============================================================================ per-image work (Beam DoFn)
+def _read_uri(uri: str) -> bytes:
+    """Read through Beam's filesystems (s3://, gs://, local…), so any runner's workers can reach the data."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
+def preprocess_record(item: dict[str, Any], params: PreprocessParams) -> dict[str, Any]:
+    """One listing item -> {split, label, example bytes}; raises ImageRejected with a readable reason."""
+    from components.preprocess.decode import decode_image, decode_mask, encode_png
+    from components.preprocess.ops import NoRetinaFound, preprocess_image
+    from components.preprocess.records import encode_example
+
+    image_id = item["image_id"]
+    try:
+        data = _read_uri(item["uri"])
+    except Exception as exc:  # noqa: BLE001 - any storage failure is one bad record, not a failed run
+        raise ImageRejected(image_id, f"cannot read file ({type(exc).__name__})") from exc
+    image = decode_image(
+        data,
+        image_id,
+        target_size=params.image_size if params.reduced_decode else None,
+        color=params.modality == "fundus",
+        max_pixels=params.max_pixels,
+        margin=params.decode_oversample,
+    )
+    mask = None
+    if item.get("mask_uri"):
+        try:
+            mask = decode_mask(_read_uri(item["mask_uri"]), image_id, image.shape)
+        except ImageRejected:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ImageRejected(image_id, f"cannot read lesion mask ({type(exc).__name__})") from exc
+    try:
+        out = preprocess_image(image, params, mask)
+    except NoRetinaFound as exc:
+        raise ImageRejected(image_id, str(exc)) from exc
+    features: dict[str, Any] = {
+        "image": encode_png(out.image),
+        "label": int(item["label"]),
+        "image_id": image_id,
+        "patient_id": str(item["patient_id"]),
+        "modality": params.modality,
+    }
+    if out.mask is not None:
+        features["mask"] = encode_png(out.mask)
+    return {"split": item["split"], "label": int(item["label"]), "example": encode_example(features)}
+
+
+def _make_dofn(params_dict: dict[str, Any]) -> Any:
+    import apache_beam as beam
+    from apache_beam import pvalue
+
+    class DecodeAndPreprocess(beam.DoFn):
+        """Decode + preprocess; every failure goes to the `rejected` output instead of failing the bundle."""
+
+        def __init__(self, params: dict[str, Any]):
+            self._params_dict = params
+            self.ok = beam.metrics.Metrics.counter("preprocess", "images_written")
+            self.bad = beam.metrics.Metrics.counter("preprocess", "images_rejected")
+
+        def setup(self) -> None:
+            self.params = PreprocessParams.from_dict(self._params_dict)
+            self.seen = 0
+
+        def process(self, item: dict[str, Any]) -> Iterable[Any]:
+            self.seen += 1
+            if self.seen % 100 == 0:
+                log.info("worker preprocessed %d images", self.seen)
+            try:
+                result = preprocess_record(item, self.params)
+            except ImageRejected as exc:
+                self.bad.inc()
+                yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "reason": exc.reason,
+                                                          "uri": item["uri"]})
+                return
+            except Exception as exc:  # noqa: BLE001 - bad input never stops the run
+                self.bad.inc()
+                yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "uri": item["uri"],
+                                                          "reason": f"preprocessing failed ({type(exc).__name__}: {exc})"})
+                return
+            self.ok.inc()
+            yield result
+
+    return DecodeAndPreprocess(params_dict)
+
+
+def _split_key(row: dict[str, Any]) -> str:
+    return row["split"]
+
+
+def _count_key(row: dict[str, Any]) -> tuple[str, int]:
+    return (f"{row['split']}\t{row['label']}", 1)
+
+
+def _example(row: dict[str, Any]) -> bytes:
+    return row["example"]
+
+
+def _json_line(kv: Any) -> str:
+    return json.dumps(kv, sort_keys=True)
+
+
+def _build_pipeline(pipeline: Any, items: list[dict[str, Any]], listing_rejects: list[dict[str, str]],
+                    params: PreprocessParams, output_uri: str, shards: dict[str, int]) -> None:
+    import apache_beam as beam
+    from apache_beam.io.filesystem import CompressionTypes
+
+    rows = (
+        pipeline
+        | "List" >> beam.Create(items, reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "DecodeAndPreprocess" >> beam.ParDo(_make_dofn(params.to_dict())).with_outputs(_REJECTED_TAG, main="ok")
+    )
+    for split, num_shards in shards.items():
+        _ = (
+            rows.ok
+            | f"Only{split}" >> beam.Filter(lambda row, s=split: _split_key(row) == s)
+            | f"Serialize{split}" >> beam.Map(_example)
+            | f"Write{split}" >> beam.io.WriteToTFRecord(
+                storage.join(output_uri, split, split),
+                file_name_suffix=SHARD_SUFFIX,
+                num_shards=num_shards,
+                shard_name_template="-SSSSS-of-NNNNN",
+                compression_type=CompressionTypes.GZIP,
+            )
+        )
+    _ = (
+        rows.ok
+        | "CountKey" >> beam.Map(_count_key)
+        | "Count" >> beam.CombinePerKey(sum)
+        | "CountJson" >> beam.Map(_json_line)
+        | "WriteCounts" >> beam.io.WriteToText(storage.join(output_uri, _COUNTS), file_name_suffix=".jsonl",
+                                               num_shards=1, shard_name_template="")
+    )
+    _ = (
+        (pipeline | "ListingRejects" >> beam.Create(listing_rejects, reshuffle=False), rows[_REJECTED_TAG])
+        | "AllRejects" >> beam.Flatten()
+        | "RejectJson" >> beam.Map(_json_line)
+        | "WriteRejected" >> beam.io.WriteToText(storage.join(output_uri, "rejected"), file_name_suffix=".jsonl",
+                                                 num_shards=1, shard_name_template="")
+    )
+
+
+def _clear_previous(output_uri: str) -> None:
+    """Remove an earlier run's outputs (manifest first, so no reader trusts a half-replaced dataset)."""
+    if storage.exists(storage.join(output_uri, MANIFEST)):
+        storage.delete(storage.join(output_uri, MANIFEST))
+    for name in (REJECTED, f"{_COUNTS}.jsonl"):
+        storage.delete(storage.join(output_uri, name))
+    for split in SPLITS:
+        for uri in storage.list_uris(storage.join(output_uri, split), suffix=SHARD_SUFFIX):
+            storage.delete(uri)
+
+
+def _read_lines(uri: str) -> list[str]:
+    if not storage.exists(uri):
+        return []
+    return [line for line in storage.read_text(uri).splitlines() if line.strip()]
+
+
+def run_preprocess(
+    modality: str,
+    input_uri: str,
+    output_uri: str,
+    params: PreprocessParams | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    beam_args: Sequence[str] | None = None,
+    images_per_shard: int = 1000,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Preprocess the dataset at `input_uri` into TFRecord shards at `output_uri`; returns the manifest.
+
+    `beam_args` (e.g. `--direct_num_workers=2`, `--runner=FlinkRunner --flink_master=…`) go to Beam as is.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from components.common.datasets import read_dataset
+
+    say = progress or log.info
+    check_modality(modality)
+    params = params or PreprocessParams(modality=modality)
+    if params.modality != modality:
+        raise RetinaError(f"preprocessing parameters are for {params.modality!r}, not {modality!r}")
+    names = CLASS_NAMES[modality]
+
+    say(f"listing {modality} dataset at {input_uri}")
+    listing = read_dataset(input_uri, modality)
+    plan = plan_splits(listing.records, len(names), val_fraction, test_fraction, seed)
+    listing_rejects = [{"image_id": p.name, "reason": p.reason} for p in listing.problems] + plan.rejected
+    planned = Counter(split for _, split in plan.assignments)
+    say(f"{len(plan.assignments)} images to preprocess ({', '.join(f'{s} {planned[s]}' for s in SPLITS)}), "
+        f"{len(listing_rejects)} rejected by the listing, {plan.patients_moved} patients moved between splits")
+    items = [
+        {"image_id": rec.image_id, "patient_id": str(rec.patient_id), "label": int(rec.label), "uri": str(rec.uri),
+         "mask_uri": str(rec.mask_uri) if getattr(rec, "mask_uri", None) else "", "split": split}
+        for rec, split in sorted(plan.assignments, key=lambda a: a[0].image_id)
+    ]
+    shards = {s: max(1, math.ceil(planned[s] / images_per_shard)) for s in SPLITS if planned[s]}
+
+    _clear_previous(output_uri)
+    beam_args = list(beam_args or [])
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        # Beam's DirectRunner first tries Prism (a binary fetched at run time that ignores
+        # --direct_num_workers); its in-process engine, the FnApiRunner, runs offline and honours it.
+        beam_args.append(f"--runner={DEFAULT_RUNNER}")
+    options = PipelineOptions(beam_args)
+    runner = options.get_all_options().get("runner")
+    say(f"running Beam ({runner}) on {len(items)} images")
+    with beam.Pipeline(options=options) as pipeline:
+        _build_pipeline(pipeline, items, listing_rejects, params, output_uri, shards)
+
+    counts_uri = storage.join(output_uri, f"{_COUNTS}.jsonl")
+    per_split: dict[str, Counter] = defaultdict(Counter)
+    for line in _read_lines(counts_uri):
+        key, n = json.loads(line)
+        split, label = key.split("\t")
+        per_split[split][int(label)] += int(n)
+    storage.delete(counts_uri)
+    rejected_uri = storage.join(output_uri, REJECTED)
+    rejected = sorted((json.loads(line) for line in _read_lines(rejected_uri)), key=lambda r: (r["image_id"], r["reason"]))
+    storage.write_text(rejected_uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        shard_uris = storage.list_uris(storage.join(output_uri, split), suffix=SHARD_SUFFIX)
+        if not shard_uris and not per_split.get(split):
+            continue
+        splits[split] = {
+            "count": sum(per_split[split].values()),
+            "per_class": {name: per_split[split].get(i, 0) for i, name in enumerate(names)},
+            "shards": [f"{split}/{storage.basename(u)}" for u in shard_uris],
+        }
+    manifest = {
+        "modality": modality,
+        "image_size": params.image_size,
+        "class_names": names,
+        "splits": splits,
+        "parameters": params.to_dict(),
+        "code_version": code_version(),
+        "rejected_count": len(rejected),
+        "patients_moved": plan.patients_moved,
+        "num_images": sum(s["count"] for s in splits.values()),
+        "input_uri": str(input_uri),
+        "split_rule": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction},
+        "runner": runner,
+    }
+    storage.write_json(storage.join(output_uri, MANIFEST), manifest)
+    written = ", ".join(f"{name} {info['count']}" for name, info in splits.items())
+    say(f"wrote {manifest['num_images']} images ({written}), "
+        f"{len(rejected)} rejected -> {output_uri}")
+    return manifest
+
+
+def preprocess_to_artifact(
+    modality: str,
+    input_uri: str,
+    output_uri: str,
+    artifact_path: str,
+    image_size: int = 512,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    beam_args: str = "",
+) -> dict[str, Any]:
+    """What the KFP component does: run the pipeline, copy the manifest into the Dataset artifact's file,
+    and return the manifest with `artifact_metadata` (the counts KFP shows on the artifact)."""
+    import shlex
+    from pathlib import Path
+
+    params = PreprocessParams(modality=modality, image_size=image_size)
+    manifest = run_preprocess(modality, input_uri, output_uri, params, val_fraction=val_fraction,
+                              test_fraction=test_fraction, seed=seed, beam_args=shlex.split(beam_args or ""))
+    path = Path(artifact_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    metadata: dict[str, Any] = {
+        "data_uri": output_uri,
+        "modality": modality,
+        "image_size": image_size,
+        "num_images": manifest["num_images"],
+        "rejected_count": manifest["rejected_count"],
+        "patients_moved": manifest["patients_moved"],
+        "code_version": manifest["code_version"],
+    }
+    for split, info in manifest["splits"].items():
+        metadata[f"{split}_count"] = info["count"]
+    return {**manifest, "artifact_metadata": metadata}
