@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ def default_cache_dir() -> Path:
 def stage_dataset(data_uri: str, cache_dir: str | Path | None = None) -> Path:
     """A local folder holding the dataset: the folder itself when local, a cached download for s3://.
 
-    The cache key is the URI; a finished download leaves a marker so a restarted (preempted) pod reuses it.
+    The cache key is the URI; a finished download leaves a marker (the manifest's hash) so a restarted
+    (preempted) pod reuses it, while a dataset rewritten at the same URI is downloaded again.
     """
     data_uri = str(data_uri)
     if not storage.is_s3(data_uri):
@@ -53,11 +55,17 @@ def stage_dataset(data_uri: str, cache_dir: str | Path | None = None) -> Path:
         return root
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     local = cache / hashlib.sha1(data_uri.rstrip("/").encode()).hexdigest()[:16]
-    if (local / _STAGED_MARKER).exists():
+    manifest_uri = storage.join(data_uri, MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise DatasetError(f"no {MANIFEST} in dataset (run `retina preprocess` first): {data_uri}")
+    # the manifest's hash tells a finished download of this very dataset from a stale one at the same URI
+    fingerprint = hashlib.sha1(storage.read_bytes(manifest_uri)).hexdigest()
+    marker = local / _STAGED_MARKER
+    if marker.exists() and marker.read_text() == fingerprint:
         return local
-    read_manifest(data_uri)  # a clear error before downloading anything
+    shutil.rmtree(local, ignore_errors=True)
     storage.download_dir(data_uri, local)
-    (local / _STAGED_MARKER).write_text(data_uri)
+    marker.write_text(fingerprint)
     return local
 
 
