@@ -334,14 +334,14 @@ def _stop_pid(pid: int, markers: list[str], timeout_s: float = STOP_TIMEOUT_S) -
         deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5.0)
         while time.monotonic() < deadline:
             _reap(pid)
-            if _proc_cmdline(pid) is None and not process_group_pids_safe(pid):
+            if _proc_cmdline(pid) is None and not _group_members(pid):
                 return True
             time.sleep(0.1)
     _reap(pid)
     return True
 
 
-def process_group_pids_safe(pgid: int) -> list[int]:
+def _group_members(pgid: int) -> list[int]:
     return process_group_pids(pgid) if Path("/proc/self").exists() else []
 
 
@@ -601,6 +601,18 @@ def _stop_from_state(state: dict[str, Any]) -> dict[str, bool]:
     return stopped
 
 
+def _remove_weed_sockets(ports: dict[str, int]) -> None:
+    """`weed` leaves unix sockets named after its ports in the temp dir; drop the ones of our ports."""
+    import tempfile
+
+    folders = {Path(tempfile.gettempdir()), Path("/tmp")}
+    for port in ports.values():
+        for folder in folders:
+            for sock in folder.glob(f"seaweedfs-*-{int(port)}.sock"):
+                with contextlib.suppress(OSError):
+                    sock.unlink()
+
+
 def stop_stack(home: str | Path | None = None) -> dict[str, bool]:
     """Stop exactly the processes `start_stack` recorded for `home`; data and credentials stay.
 
@@ -611,6 +623,8 @@ def stop_stack(home: str | Path | None = None) -> dict[str, bool]:
     if not state:
         return {}
     stopped = _stop_from_state(state)
+    if not _part_alive(state, "seaweedfs"):
+        _remove_weed_sockets(state.get("ports", {}))
     state["processes"] = {
         part: {k: v for k, v in info.items() if k != "pid"}
         for part, info in state.get("processes", {}).items()

@@ -139,4 +139,6 @@ def test_cli_up_reuses_then_down_leaves_no_process(tmp_path):
     still_alive = [p for p in group_members if local_stack._proc_cmdline(p) is not None]
     assert still_alive == []
     assert _retina("stack", "status", home=home).returncode == 1
+    leftovers = [p for port in state["ports"].values() for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
+    assert leftovers == []
     assert (home / "stack" / "seaweedfs").is_dir() and (home / "stack" / "mlflow.db").exists()
