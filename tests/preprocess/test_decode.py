@@ -1,0 +1,90 @@
+"""Header-driven reduced decoding, its parity with a full decode, and readable rejections."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from components.common.errors import ImageRejected
+from components.preprocess.decode import decode_image, read_header, reduction_factor
+from components.preprocess.ops import PreprocessParams, circle_mask, preprocess_image, psnr, reference_fundus
+
+
+@pytest.fixture(scope="module")
+def big_retina_jpeg(retina_rgb, encode) -> bytes:
+    """The real retina upscaled onto a 2:3 frame: an EyePACS-shaped JPEG, kept small for test speed."""
+    up = cv2.resize(retina_rgb, (1296, 1296), interpolation=cv2.INTER_CUBIC)
+    frame = np.zeros((1296, 1944, 3), np.uint8)
+    frame[:, 324:1620] = up
+    return encode.jpeg(frame)
+
+
+def test_header_gives_size_without_decoding(big_retina_jpeg, encode):
+    header = read_header(big_retina_jpeg, "x")
+    assert (header.format, header.width, header.height, header.channels, header.bit_depth) == ("jpeg", 1944, 1296, 3, 8)
+    gray = read_header(encode.png(np.zeros((20, 30), np.uint8)), "y")
+    assert (gray.format, gray.width, gray.height, gray.channels) == ("png", 30, 20, 1)
+
+
+def test_reduction_is_the_largest_that_stays_above_target():
+    assert reduction_factor(3888, 2592, 512) == 2  # 1296 >= 2.2·512 > 648
+    assert reduction_factor(3888, 2592, 128) == 8
+    assert reduction_factor(3888, 2592, 512, margin=1.15) == 4
+    assert reduction_factor(300, 200, 512) == 1
+    assert reduction_factor(3888, 2592, None) == 1
+
+
+def test_reduced_decode_is_smaller_and_matches_full_resolution_reference(big_retina_jpeg):
+    params = PreprocessParams(image_size=128)
+    reduced = decode_image(big_retina_jpeg, "x", target_size=128)
+    full = decode_image(big_retina_jpeg, "x")
+    assert reduced.shape == (324, 486, 3) and full.shape == (1296, 1944, 3)
+    ours = preprocess_image(reduced, params).image
+    reference = reference_fundus(full, params)
+    assert psnr(ours, reference) >= 35
+    assert psnr(ours, reference, circle_mask(128, 0.9 * 64)) >= 35
+
+
+def test_decode_returns_rgb(encode):
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[..., 0] = 200  # red
+    out = decode_image(encode.png(img), "red")
+    assert out[..., 0].mean() > 190 and out[..., 2].mean() < 10
+
+
+def test_grey_is_fine_for_oct_and_rejected_for_fundus(encode):
+    gray = np.full((64, 64), 100, np.uint8)
+    assert decode_image(encode.jpeg(gray), "o", color=False).shape == (64, 64)
+    with pytest.raises(ImageRejected, match="grayscale"):
+        decode_image(encode.jpeg(gray), "f", color=True)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda e: b"", "empty file"),
+        (lambda e: b"id,level\n1,2\n", "not an image"),
+        (lambda e: e.jpeg(np.full((64, 64, 3), 90, np.uint8))[:300], "truncated JPEG"),
+        (lambda e: e.png(np.zeros((64, 64, 4), np.uint8)), "alpha"),
+        (lambda e: e.png(np.zeros((64, 64), np.uint16)), "16-bit"),
+        (lambda e: e.png(np.zeros((8, 64, 3), np.uint8)), "too small"),
+    ],
+)
+def test_bad_bytes_raise_readable_rejections(make, reason, encode):
+    with pytest.raises(ImageRejected, match=reason) as info:
+        decode_image(make(encode), "img_7")
+    assert info.value.image_id == "img_7" and str(info.value).endswith("img_7")
+
+
+def test_huge_image_is_rejected_from_its_header():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
+    bomb += chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageRejected, match="too large"):
+        decode_image(bomb, "bomb")
