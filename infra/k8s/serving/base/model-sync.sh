@@ -1,5 +1,6 @@
 #!/bin/sh
-# Mirror the TF Serving model repository s3://$MODELS_BUCKET into /models, one whole version at a time.
+# Mirror the TF Serving model repository s3://$MODELS_BUCKET into $MODEL_REPOSITORY (default /models),
+# one whole version at a time.
 #
 # The deploy step publishes <model>/<version>/ with `_SUCCESS` written last; only such complete
 # versions are moved into /models, each with a single rename, so TF Serving never loads a half-copied
@@ -7,7 +8,9 @@
 # models.config replaces the bootstrap copy from the ConfigMap. `--once` syncs one time (init container).
 set -u
 SRC="s3://${MODELS_BUCKET:-models}"
-STAGING=/models/.staging
+REPO="${MODEL_REPOSITORY:-/models}"
+BOOTSTRAP_CONFIG="${BOOTSTRAP_CONFIG:-/bootstrap/models.config}"
+STAGING="$REPO/.staging"
 export HOME=/tmp
 
 is_version() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
@@ -19,26 +22,28 @@ sync_once() {
     src_dir=$(dirname "$marker")
     rel=${src_dir#"$STAGING"/}
     is_version "${rel##*/}" || continue
-    dst="/models/$rel"
+    dst="$REPO/$rel"
     [ -d "$dst" ] && continue
     mkdir -p "$(dirname "$dst")"
     rm -rf "$dst.partial"
     cp -r "$src_dir" "$dst.partial" && mv "$dst.partial" "$dst" && echo "published $rel"
   done
-  for dst in /models/*/*; do
+  for dst in "$REPO"/*/*; do
     [ -d "$dst" ] || continue
-    rel=${dst#/models/}
+    rel=${dst#"$REPO"/}
     case "$rel" in .staging/*) continue ;; esac
     is_version "${rel##*/}" || continue
     [ -e "$STAGING/$rel/_SUCCESS" ] || { rm -rf "$dst" && echo "removed $rel"; }
   done
-  if [ -f "$STAGING/models.config" ] && ! cmp -s "$STAGING/models.config" /models/models.config; then
-    cp "$STAGING/models.config" /models/models.config.partial &&
-      mv /models/models.config.partial /models/models.config && echo "updated models.config"
+  # cksum (coreutils) rather than cmp: the aws-cli image has no diffutils.
+  if [ -f "$STAGING/models.config" ] &&
+    [ "$(cksum <"$STAGING/models.config")" != "$(cksum <"$REPO/models.config" 2>/dev/null)" ]; then
+    cp "$STAGING/models.config" "$REPO/models.config.partial" &&
+      mv "$REPO/models.config.partial" "$REPO/models.config" && echo "updated models.config"
   fi
 }
 
-[ -f /models/models.config ] || cp /bootstrap/models.config /models/models.config
+[ -f "$REPO/models.config" ] || cp "$BOOTSTRAP_CONFIG" "$REPO/models.config"
 if [ "${1:-}" = "--once" ]; then
   sync_once
   exit $?
