@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"  # where train logs the model directory on its run (INTERFACES "Trained model")
 DEFAULT_METRIC = {"fundus": "qwk", "oct": "accuracy"}
-# The evaluate step logs test-split metrics; older runs may only carry validation numbers.
-METRIC_KEY_PREFIXES = ("", "test_", "eval_", "test.", "val_", "val.")
+# The evaluate step logs held-out test metrics as `test_<name>` on the training run; training itself logs
+# per-epoch `<name>` (training split) and `val_<name>`. The gate prefers the test split, then a metric
+# named exactly as asked, then validation.
+METRIC_KEY_PREFIXES = ("test_", "eval_", "test.", "", "val_", "val.")
 TAG_DECISION = "retina.promotion"
 TAG_REASON = "retina.promotion_reason"
 READY = "READY"

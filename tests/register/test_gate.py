@@ -29,7 +29,10 @@ def test_loss_gate_prefers_lower_values():
 
 def test_metric_lookup_accepts_evaluate_prefixes():
     assert find_metric({"test_qwk": 0.5, "val_qwk": 0.4}, "qwk") == ("test_qwk", 0.5)
-    assert find_metric({"qwk": 0.6, "test_qwk": 0.5}, "qwk") == ("qwk", 0.6)
+    # training-split `qwk` per epoch must not win over the evaluate step's held-out `test_qwk`
+    assert find_metric({"qwk": 0.6, "test_qwk": 0.5}, "qwk") == ("test_qwk", 0.5)
+    assert find_metric({"qwk": 0.6, "val_qwk": 0.5}, "qwk") == ("qwk", 0.6)
+    assert find_metric({"test_qwk": 0.5}, "test_qwk") == ("test_qwk", 0.5)
     assert find_metric({"accuracy": 0.6}, "qwk") is None
 
 
