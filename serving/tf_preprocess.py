@@ -8,8 +8,8 @@ mirrored here op for op, with the same parameters (`PreprocessParams.to_dict()` 
 Fundus (Ben Graham): thumbnail (≤512 px, area) -> retina mask (max channel > max(background_level,
 background_fraction · p99), 3×3 opening) -> circle fitted (Kåsa least squares, one round of outlier
 rejection) to the mask's outer outline minus the points on the frame border; a full-frame photo gets the
-frame's circle -> crop the circle's box, area-downscale so the retina has `radius`, one sub-pixel affine
-warp (bicubic, separable) onto a 2r×2r canvas -> `4·img − 4·GaussianBlur(σ = radius·sigma_ratio) + 128` with the
+frame's circle -> one sub-pixel warp of the circle's box onto an n-times
+oversampled canvas (bilinear, Lanczos-4 when n = 1; separable), n×n area reduction to 2r×2r -> `4·img − 4·GaussianBlur(σ = radius·sigma_ratio) + 128` with the
 blur as two depthwise 1-D convolutions (reflect-101 border, OpenCV's kernel size for uint8) -> pixels
 outside `rim_fraction·radius` or outside the photo set to 128 -> resize to `image_size`.
 
@@ -94,7 +94,13 @@ def preprocess_uint8(image: Any, params: dict[str, Any]) -> Any:
 
 
 # ============================================================================ decoding
-REDUCTION_MARGIN = 1.15  # components.preprocess.decode: the short side stays >= 1.15 x image_size
+def _reduction_margin(params: dict[str, Any]) -> float:
+    """The decode margin training used: the params' own if recorded, else components.preprocess.decode's."""
+    if params.get("reduction_margin"):
+        return float(params["reduction_margin"])
+    from components.preprocess.decode import REDUCTION_MARGIN
+
+    return float(REDUCTION_MARGIN)
 
 
 def _reduction_index(height: Any, width: Any, params: dict[str, Any]) -> Any:
@@ -104,7 +110,7 @@ def _reduction_index(height: Any, width: Any, params: dict[str, Any]) -> Any:
     if not params.get("reduced_decode", True):
         return tf.constant(0)
     short = tf.cast(tf.minimum(height, width), tf.float64)
-    need = REDUCTION_MARGIN * int(params["image_size"])
+    need = _reduction_margin(params) * int(params["image_size"])
     return tf.case([(short / 8 >= need, lambda: tf.constant(3)), (short / 4 >= need, lambda: tf.constant(2)),
                     (short / 2 >= need, lambda: tf.constant(1))], default=lambda: tf.constant(0))
 
@@ -277,39 +283,62 @@ def _fit_circle(xs: Any, ys: Any) -> tuple[Any, Any, Any]:
 
 
 def _crop_and_scale(image: Any, cx: Any, cy: Any, circle_r: Any, radius: int) -> tuple[Any, Any]:
-    """ops.crop_and_scale: crop the circle's box (+2 px), area-downscale, one sub-pixel warp to 2r×2r."""
+    """ops.crop_and_scale: warp the circle's box (+3 px) onto an n-times oversampled canvas (n = ⌊2r / size⌋,
+    bilinear; Lanczos-4 when n = 1), then an n×n area reduction to 2·radius square."""
     import tensorflow as tf
 
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
     size = 2 * radius
-    k = tf.cast(radius, tf.float64) / circle_r
-    x0 = tf.maximum(0, tf.cast(tf.floor(cx - circle_r), tf.int32) - 2)
-    y0 = tf.maximum(0, tf.cast(tf.floor(cy - circle_r), tf.int32) - 2)
-    x1 = tf.minimum(w, tf.cast(tf.math.ceil(cx + circle_r), tf.int32) + 3)
-    y1 = tf.minimum(h, tf.cast(tf.math.ceil(cy + circle_r), tf.int32) + 3)
+    n = tf.maximum(1, tf.cast(tf.floor(2 * circle_r / size), tf.int32))
+    big = n * size
+    k = tf.cast(big, tf.float64) / (2 * circle_r)
+    x0 = tf.maximum(0, tf.cast(tf.floor(cx - circle_r), tf.int32) - 3)
+    y0 = tf.maximum(0, tf.cast(tf.floor(cy - circle_r), tf.int32) - 3)
+    x1 = tf.minimum(w, tf.cast(tf.math.ceil(cx + circle_r), tf.int32) + 4)
+    y1 = tf.minimum(h, tf.cast(tf.math.ceil(cy + circle_r), tf.int32) + 4)
     tf.debugging.assert_greater(x1, x0, message="no retina found (circle outside the frame)")
     tf.debugging.assert_greater(y1, y0, message="no retina found (circle outside the frame)")
     crop = tf.cast(image[y0:y1, x0:x1], tf.float32)
-    ch, cw = tf.cast(y1 - y0, tf.float64), tf.cast(x1 - x0, tf.float64)
+    half = (tf.cast(big, tf.float64) - 1) / 2
+    bx = (tf.cast(x0, tf.float64) - cx) * k + half
+    by = (tf.cast(y0, tf.float64) - cy) * k + half
 
-    def shrink() -> tuple[Any, Any, Any]:
-        dw = tf.maximum(1, tf.cast(tf.round(cw * k), tf.int32))
-        dh = tf.maximum(1, tf.cast(tf.round(ch * k), tf.int32))
-        return _resize(crop, dh, dw, True), tf.cast(dw, tf.float64) / cw, tf.cast(dh, tf.float64) / ch
+    def warp(kind: str) -> Any:
+        return _round_u8(_warp_axis(_warp_axis(crop, k, by, big, axis=0, kind=kind), k, bx, big, axis=1, kind=kind))
 
-    def keep() -> tuple[Any, Any, Any]:
-        return crop, tf.constant(1.0, tf.float64), tf.constant(1.0, tf.float64)
+    canvas = tf.cond(n > 1, lambda: warp("linear"), lambda: warp("lanczos4"))
+    valid_y = _valid_axis(y1 - y0, k, by, big)
+    valid_x = _valid_axis(x1 - x0, k, bx, big)
 
-    small, fx, fy = tf.cond(k < 1.0, shrink, keep)
-    ax, ay = k / fx, k / fy
-    half = (size - 1) / 2
-    bx = half + (tf.cast(x0, tf.float64) - cx) * k + 0.5 * ax - 0.5 * k
-    by = half + (tf.cast(y0, tf.float64) - cy) * k + 0.5 * ay - 0.5 * k
-    canvas = _warp_axis(_warp_axis(small, ay, by, size, axis=0), ax, bx, size, axis=1)
-    valid = _valid_axis(tf.shape(small)[0], ay, by, size)[:, tf.newaxis] & _valid_axis(
-        tf.shape(small)[1], ax, bx, size)[tf.newaxis, :]
-    return _round_u8(canvas), valid
+    def reduce() -> tuple[Any, Any, Any]:
+        small = _round_u8(tf.image.resize(canvas, [size, size], method="area"))
+        return small, valid_y[::n], valid_x[::n]  # cv2 INTER_NEAREST takes each block's first pixel
+
+    def same() -> tuple[Any, Any, Any]:
+        return canvas, valid_y, valid_x
+
+    canvas, valid_y, valid_x = tf.cond(n > 1, reduce, same)
+    canvas = tf.ensure_shape(canvas, [size, size, None])
+    valid = valid_y[:size, tf.newaxis] & valid_x[tf.newaxis, :size]
+    return canvas, valid
+
+
+def _linear_weights(t: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.maximum(1.0 - tf.abs(t), 0.0)
+
+
+def _lanczos4_weights(t: Any) -> Any:
+    """OpenCV's Lanczos-4 taps: sinc(t)·sinc(t/4), normalised per output pixel by the caller."""
+    import tensorflow as tf
+
+    pt = math.pi * t
+    safe = tf.where(tf.abs(t) < 1e-9, tf.ones_like(t), pt)
+    value = tf.sin(safe) * tf.sin(safe / 4) / (safe * safe / 4)
+    value = tf.where(tf.abs(t) < 1e-9, tf.ones_like(t), value)
+    return tf.where(tf.abs(t) < 4, value, tf.zeros_like(t))
 
 
 def _cubic_weights(t: Any) -> Any:
@@ -323,26 +352,36 @@ def _cubic_weights(t: Any) -> Any:
     return tf.where(t <= 1, near, tf.where(t < 2, far, tf.zeros_like(t)))
 
 
-def _warp_axis(image: Any, scale: Any, shift: Any, out_size: int, axis: int) -> Any:
-    """One axis of cv2.warpAffine(INTER_CUBIC, BORDER_CONSTANT 0) for an axis-aligned matrix
-    `u_out = scale·u_in + shift`: each output row/column is a 4-tap cubic mix of input ones, taps outside
-    the image count as 0. Separable, so scale+shift warps cost two gathers instead of a dense resampling."""
+_KERNELS = {"linear": (0, 2), "cubic": (-1, 4), "lanczos4": (-3, 8)}  # first tap offset, number of taps
+
+
+def _warp_axis(image: Any, scale: Any, shift: Any, out_size: Any, axis: int, kind: str = "cubic") -> Any:
+    """One axis of cv2.warpAffine(BORDER_CONSTANT 0) for an axis-aligned matrix `u_out = scale·u_in + shift`:
+    each output row/column mixes the few input ones under the interpolation kernel, taps outside the image
+    count as 0. Separable, so a scale+shift warp costs two gathers instead of a dense resampling."""
     import tensorflow as tf
 
+    first, count = _KERNELS[kind]
     length = tf.shape(image)[axis]
     u = (tf.range(out_size, dtype=tf.float64) - shift) / scale
-    base = tf.floor(u)
-    taps = tf.cast(base, tf.int32)[:, tf.newaxis] + tf.constant([-1, 0, 1, 2])[tf.newaxis, :]
-    weights = _cubic_weights(u[:, tf.newaxis] - tf.cast(taps, tf.float64))
+    taps = tf.cast(tf.floor(u), tf.int32)[:, tf.newaxis] + tf.range(first, first + count)[tf.newaxis, :]
+    distance = u[:, tf.newaxis] - tf.cast(taps, tf.float64)
+    if kind == "linear":
+        weights = _linear_weights(distance)
+    elif kind == "cubic":
+        weights = _cubic_weights(distance)
+    else:
+        weights = _lanczos4_weights(distance)
+        weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)
     inside = (taps >= 0) & (taps < length)
     weights = tf.cast(tf.where(inside, weights, tf.zeros_like(weights)), tf.float32)
-    gathered = tf.gather(image, tf.clip_by_value(taps, 0, length - 1), axis=axis)  # axis gets [out, 4]
+    gathered = tf.gather(image, tf.clip_by_value(taps, 0, length - 1), axis=axis)  # axis -> [out, taps]
     if axis == 0:
         return tf.einsum("ot,otwc->owc", weights, gathered)
     return tf.einsum("ot,hotc->hoc", weights, gathered)
 
 
-def _valid_axis(length: Any, scale: Any, shift: Any, out_size: int) -> Any:
+def _valid_axis(length: Any, scale: Any, shift: Any, out_size: Any) -> Any:
     """Output positions whose nearest input pixel (cv2 INTER_NEAREST: floor(u + 0.5)) lies in the image."""
     import tensorflow as tf
 

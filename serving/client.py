@@ -1,0 +1,194 @@
+"""gRPC client for the TF Serving API: the local `retina serve` server and the real `tensorflow/serving` alike.
+
+Uses only the official `tensorflow_serving.apis` stubs. gRPC failures become `ServingError` (a RetinaError)
+with one line a user can act on: the server is unreachable, the model/version/label does not exist, or
+the request was rejected and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from components.common.errors import RetinaError
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class ServingError(RetinaError):
+    """A failed call to the model server; `code` is the gRPC status name (NOT_FOUND, UNAVAILABLE, ...)."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN"):
+        super().__init__(message)
+        self.code = code
+
+
+class ServingClient:
+    """`ServingClient("host:8500").predict_images("retina-fundus", [jpeg_bytes])`."""
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT_S):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_send_message_length", 256 * 1024 * 1024),
+                              ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ requests
+    @staticmethod
+    def model_spec(spec: Any, model: str, version: int | None = None, label: str | None = None,
+                   signature: str | None = None) -> None:
+        """Fill a ModelSpec; a version and a label together are refused (TF Serving takes one)."""
+        if version is not None and label:
+            raise ServingError("give a version or a label, not both", "INVALID_ARGUMENT")
+        spec.name = model
+        if version is not None:
+            spec.version.value = int(version)
+        elif label:
+            spec.version_label = label
+        if signature:
+            spec.signature_name = signature
+
+    def _call(self, method: Any, request: Any, what: str) -> Any:
+        import grpc
+
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            details = exc.details() or ""
+            if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise ServingError(f"cannot reach the model server at {self.address} ({code.lower()})",
+                                   code) from exc
+            if code == "NOT_FOUND":
+                raise ServingError(f"{what}: not found on {self.address}: {details}", code) from exc
+            raise ServingError(f"{what} failed ({code}): {details}", code) from exc
+
+    def predict(self, model: str, inputs: dict[str, Any], signature: str | None = None,
+                version: int | None = None, label: str | None = None,
+                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Low level: numpy/TensorProto inputs -> numpy outputs of any signature."""
+        import tensorflow as tf
+        from tensorflow.core.framework import tensor_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self.model_spec(request.model_spec, model, version, label, signature)
+        for key, value in inputs.items():
+            if isinstance(value, tensor_pb2.TensorProto):
+                request.inputs[key].CopyFrom(value)
+            else:
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        request.output_filter.extend(output_filter or [])
+        response = self._call(self.prediction.Predict, request, f"model {_describe(model, version, label)}")
+        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        outputs["_version"] = np.asarray(response.model_spec.version.value)
+        return outputs
+
+    def predict_images(self, model: str, images: list[bytes], version: int | None = None,
+                       label: str | None = None) -> dict[str, Any]:
+        """Encoded JPEG/PNG files, as they are -> `predict_image`: probabilities, class ids and names."""
+        if not images:
+            raise ServingError("no images to send", "INVALID_ARGUMENT")
+        outputs = self.predict(model, {"image_bytes": np.asarray(list(images), dtype=object)},
+                               signature="predict_image", version=version, label=label)
+        return _result(outputs)
+
+    def predict_tensor(self, model: str, array: np.ndarray, version: int | None = None,
+                       label: str | None = None) -> dict[str, Any]:
+        """Preprocessed float32 `[N, S, S, 3]` in [0, 1] -> `serving_default`."""
+        outputs = self.predict(model, {"images": np.asarray(array, dtype=np.float32)},
+                               signature="serving_default", version=version, label=label)
+        return _result(outputs)
+
+    def model_status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
+        """[{version, state (AVAILABLE, LOADING, END, ...), error_code, error_message}] per version."""
+        from tensorflow.core.protobuf import error_codes_pb2
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self.model_spec(request.model_spec, model, version, label)
+        response = self._call(self.models.GetModelStatus, request, f"model {_describe(model, version, label)}")
+        return [
+            {
+                "version": int(s.version),
+                "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                "error_code": error_codes_pb2.Code.Name(s.status.error_code),
+                "error_message": s.status.error_message,
+            }
+            for s in response.model_version_status
+        ]
+
+    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        """{version, signatures: {name: {method_name, inputs: {key: {dtype, shape}}, outputs: {...}}}}."""
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self.model_spec(request.model_spec, model, version, label)
+        request.metadata_field.append("signature_def")
+        response = self._call(self.prediction.GetModelMetadata, request, f"model {_describe(model, version, label)}")
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+
+        def tensors(infos: Any) -> dict[str, Any]:
+            return {k: {"dtype": types_pb2.DataType.Name(v.dtype),
+                        "shape": None if v.tensor_shape.unknown_rank else [d.size for d in v.tensor_shape.dim]}
+                    for k, v in infos.items()}
+
+        return {
+            "version": int(response.model_spec.version.value),
+            "signatures": {name: {"method_name": sig.method_name, "inputs": tensors(sig.inputs),
+                                  "outputs": tensors(sig.outputs)}
+                           for name, sig in sig_map.signature_def.items()},
+        }
+
+    def reload_config(self, entries: list[Any]) -> None:
+        """ModelService.HandleReloadConfigRequest with `models.config` entries (ModelEntry or dicts)."""
+        from google.protobuf import text_format
+        from tensorflow_serving.apis import model_management_pb2
+
+        from serving.model_repository import format_models_config
+
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(format_models_config(entries), request.config)
+        response = self._call(self.models.HandleReloadConfigRequest, request, "reload config")
+        if response.status.error_code:
+            raise ServingError(f"reload config failed: {response.status.error_message}", "UNKNOWN")
+
+
+def _describe(model: str, version: int | None, label: str | None) -> str:
+    if version is not None:
+        return f"{model} version {version}"
+    if label:
+        return f"{model}@{label}"
+    return model
+
+
+def _result(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    names = outputs.get("class_names")
+    class_names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names[0]] if (
+        names is not None and len(names)) else []
+    result: dict[str, Any] = {
+        "probabilities": np.asarray(outputs["probabilities"], np.float32),
+        "class_id": np.asarray(outputs["class_id"], np.int64),
+        "class_names": class_names,
+        "version": int(outputs["_version"]),
+    }
+    if "grade" in outputs:
+        result["grade"] = np.asarray(outputs["grade"], np.float32)
+    return result
