@@ -1,6 +1,8 @@
-"""KFP component for the explain step: a thin wrapper over `components.explain.explanation.explain_images`."""
+"""KFP component for the explain step: a thin wrapper over `components.explain.explanation.explain_images`.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: KFP reads the Output[HTML] / Output[Markdown] annotations at runtime.
+"""
+
 
 from typing import NamedTuple
 

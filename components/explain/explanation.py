@@ -202,12 +202,17 @@ def _list_raw(images_uri: str, modality: str) -> tuple[list[_Candidate], list[tu
 
 
 def _read_raw(
-    candidates: list[_Candidate], preprocess: Callable, progress: bool
+    candidates: list[_Candidate], preprocess: Callable, max_images: int, progress: bool
 ) -> tuple[list[InputImage], list[tuple[str, str]]]:
+    """Read candidates in order until `max_images` could be used; the unusable ones are listed."""
     from tqdm import tqdm
 
-    images, problems = [], []
-    for c in tqdm(candidates, desc="read images", unit="img", disable=not progress):
+    images: list[InputImage] = []
+    problems: list[tuple[str, str]] = []
+    bar = tqdm(total=min(max_images, len(candidates)), desc="read images", unit="img", disable=not progress)
+    for c in candidates:
+        if len(images) >= max_images:
+            break
         name = storage.basename(c.uri)
         try:
             img = decode(storage.read_bytes(c.uri), name)
@@ -229,6 +234,8 @@ def _read_raw(
             problems.append((name, f"preprocessing failed: {type(exc).__name__}: {exc}"))
             continue
         images.append(InputImage(c.image_id, c.uri, _display_copy(img), model_input, model_mask, c.label))
+        bar.update(1)
+    bar.close()
     return images, problems
 
 
@@ -288,7 +295,7 @@ def read_inputs(
     candidates, problems = _list_raw(images_uri, getattr(info, "modality", "") or "")
     if not candidates and not problems:
         raise RetinaError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images_uri}")
-    images, bad = _read_raw(candidates[:max_images], make_preprocessor(info, image_size), progress)
+    images, bad = _read_raw(candidates, make_preprocessor(info, image_size), max_images, progress)
     return images, problems + bad
 
 

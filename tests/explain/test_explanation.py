@@ -1,0 +1,149 @@
+"""The batch job end to end: raw folders, preprocessed TFRecords, S3 reports, CLI and KFP component."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAST = {"methods": "gradcam,layercam", "filter_count": 2, "filter_steps": 2, "faithfulness_steps": 4,
+        "maps_per_layer": 4, "progress": False}
+
+
+def _srcs(page: str) -> list[str]:
+    return re.findall(r'src="([^"]*)"', page)
+
+
+def test_folder_with_masks_broken_and_html_named_files(trained_model_dir, planted_folder, tmp_path):
+    from components.explain.explanation import explain_images
+
+    result = explain_images(str(trained_model_dir), str(planted_folder), str(tmp_path / "reports"),
+                            run_name="r1", html_path=str(tmp_path / "kfp.html"), markdown_path=str(tmp_path / "s.md"),
+                            **FAST)
+    out = Path(result.report_uri)
+    assert out == tmp_path / "reports" / "planted_cnn" / "run-01234567" / "r1"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_images"] == 8  # 6 planted + retina.jpg + the HTML-named one
+    assert [u["name"] for u in summary["unreadable"]] == ["broken.jpg"]
+    assert 0.6 <= result.pointing_game <= 1.0  # masks found at masks/<id>.png and used
+    assert summary["gate"]["metrics"]["randomization_ssim"]["value"] is not None
+    page = (out / "index.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;.png" in page and "<script>" not in page
+    assert "broken.jpg" in page
+    for src in _srcs(page):
+        assert (out / src).is_file(), src
+    inline = (tmp_path / "kfp.html").read_text()
+    assert all(s.startswith("data:image/png;base64,") for s in _srcs(inline))
+    assert "gradcam" in (tmp_path / "s.md").read_text()
+
+
+def test_any_keras_file_without_metadata_is_resized(trained_model, planted_folder, tmp_path):
+    from components.explain.explanation import explain_images
+
+    model_file = tmp_path / "any_model.keras"
+    trained_model.save(str(model_file))
+    result = explain_images(str(model_file), str(planted_folder), str(tmp_path / "reports"), max_images=2,
+                            run_name="r", **FAST)
+    assert result.report_uri.endswith("planted_cnn/local/r") or result.report_uri.endswith("any_model/local/r")
+    assert json.loads((Path(result.report_uri) / "summary.json").read_text())["num_images"] == 2
+
+
+def _write_tfrecord_dataset(root: Path, n: int = 4) -> None:
+    """A preprocessed dataset as INTERFACES describes it: gzip shards, PNG image + mask features, manifest."""
+    import tensorflow as tf
+
+    from components.common.synthetic import encode_png
+    from tests.explain.conftest import planted_lesions
+
+    images, labels, masks = planted_lesions(n, seed=3, positive_fraction=1.0)
+    (root / "test").mkdir(parents=True)
+    shard = "test/test-00000-of-00001.tfrecord.gz"
+
+    def b(v: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    with tf.io.TFRecordWriter(str(root / shard), options="GZIP") as w:
+        for i in range(n):
+            feat = {"image": b(encode_png((images[i] * 255).astype(np.uint8))), "mask": b(encode_png(masks[i])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(labels[i])])),
+                    "image_id": b(f"img{i}".encode()), "patient_id": b(f"p{i}".encode()), "modality": b(b"fundus")}
+            w.write(tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString())
+    manifest = {"modality": "fundus", "image_size": 64, "class_names": ["a", "b"],
+                "splits": {"test": {"count": n, "per_class": {}, "shards": [shard]}}, "parameters": {}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_preprocessed_tfrecord_dataset_with_mask_feature(trained_model_dir, tmp_path):
+    from components.explain.explanation import explain_images
+
+    data = tmp_path / "data"
+    _write_tfrecord_dataset(data)
+    result = explain_images(str(trained_model_dir), str(data), str(tmp_path / "reports"), run_name="tf", **FAST)
+    summary = result.summary
+    assert summary["num_images"] == 4 and [i["true_label"] for i in summary["images"]] == [1, 1, 1, 1]
+    assert result.pointing_game >= 0.75
+
+
+@pytest.mark.stack
+def test_report_on_seaweedfs_every_src_resolves(stack, trained_model_dir, planted_folder):
+    from components.common import storage
+    from components.explain.explanation import explain_images
+
+    storage.upload_dir(planted_folder, "s3://raw/planted")
+    result = explain_images(str(trained_model_dir), "s3://raw/planted", "s3://reports", max_images=3,
+                            run_name="s3run", **FAST)
+    assert result.report_uri == "s3://reports/planted_cnn/run-01234567/s3run"
+    assert storage.is_published(result.report_uri)
+    page = storage.read_text(storage.join(result.report_uri, "index.html"))
+    objects = set(storage.list_uris(result.report_uri))
+    assert _srcs(page)
+    for src in _srcs(page):
+        assert storage.join(result.report_uri, src) in objects, src
+
+
+def test_cli_explain(trained_model_dir, planted_folder, tmp_path, capsys):
+    from components.cli import main
+
+    rc = main(["explain", "--model", str(trained_model_dir), "--images", str(planted_folder), "--out",
+               str(tmp_path / "rep"), "--methods", "gradcam,hirescam", "--max-images", "2", "--filters", "1",
+               "--maps-per-layer", "2", "--run-name", "cli", "--json"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed["metrics"]) == {"gradcam", "hirescam"}
+    assert (Path(printed["report_uri"]) / "index.html").is_file()
+    assert main(["explain", "--model", str(trained_model_dir), "--images", str(planted_folder), "--out",
+                 str(tmp_path / "rep"), "--methods", "nope"]) == 2
+
+
+def test_component_python_func(trained_model_dir, planted_folder, tmp_path):
+    from types import SimpleNamespace
+
+    from components.explain.component import explain
+
+    html = SimpleNamespace(path=str(tmp_path / "html" / "report.html"))
+    md = SimpleNamespace(path=str(tmp_path / "md" / "summary.md"))
+    report_uri, pointing = explain.python_func(
+        model_uri=str(trained_model_dir), images_uri=str(planted_folder), reports_uri=str(tmp_path / "reports"),
+        html=html, summary=md, methods="gradcam", max_images=3, run_name="unit",
+    )
+    assert Path(report_uri, "index.html").is_file() and 0.0 <= pointing <= 1.0
+    assert Path(html.path).read_text().count("data:image/png;base64,") > 3
+    assert "gradcam" in Path(md.path).read_text()
+
+
+def test_component_under_kfp_local_runner(trained_model_dir, planted_folder, tmp_path):
+    from kfp import local
+
+    from components.explain.component import explain
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = explain(model_uri=str(trained_model_dir), images_uri=str(planted_folder),
+                   reports_uri=str(tmp_path / "reports"), methods="gradcam", max_images=2, run_name="kfp")
+    assert Path(task.outputs["report_uri"], "index.html").is_file()
+    assert -1.0 <= task.outputs["pointing_game"] <= 1.0
+    assert "data:image/png;base64," in Path(task.outputs["html"].path).read_text()
