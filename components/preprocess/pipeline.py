@@ -41,6 +41,8 @@ MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
 SHARD_SUFFIX = ".tfrecord.gz"
 _COUNTS = "_counts"
+_REJECTED_TMP = "_rejected"
+_SENTINEL = {"_sentinel": True}
 _REJECTED_TAG = "rejected"
 DEFAULT_RUNNER = "FnApiRunner"
 
@@ -227,19 +229,22 @@ def _build_pipeline(pipeline: Any, items: list[dict[str, Any]], listing_rejects:
                 compression_type=CompressionTypes.GZIP,
             )
         )
+    # Both side files start with a sentinel line: an empty text file is written as a zero-part S3 multipart
+    # upload, which SeaweedFS refuses (NoSuchUpload). The driver drops the sentinel and writes the final files.
+    counts = rows.ok | "CountKey" >> beam.Map(_count_key) | "Count" >> beam.CombinePerKey(sum)
     _ = (
-        rows.ok
-        | "CountKey" >> beam.Map(_count_key)
-        | "Count" >> beam.CombinePerKey(sum)
+        (pipeline | "CountSentinel" >> beam.Create([_SENTINEL], reshuffle=False), counts)
+        | "AllCounts" >> beam.Flatten()
         | "CountJson" >> beam.Map(_json_line)
         | "WriteCounts" >> beam.io.WriteToText(storage.join(output_uri, _COUNTS), file_name_suffix=".jsonl",
                                                num_shards=1, shard_name_template="")
     )
     _ = (
-        (pipeline | "ListingRejects" >> beam.Create(listing_rejects, reshuffle=False), rows[_REJECTED_TAG])
+        (pipeline | "ListingRejects" >> beam.Create([_SENTINEL, *listing_rejects], reshuffle=False),
+         rows[_REJECTED_TAG])
         | "AllRejects" >> beam.Flatten()
         | "RejectJson" >> beam.Map(_json_line)
-        | "WriteRejected" >> beam.io.WriteToText(storage.join(output_uri, "rejected"), file_name_suffix=".jsonl",
+        | "WriteRejected" >> beam.io.WriteToText(storage.join(output_uri, _REJECTED_TMP), file_name_suffix=".jsonl",
                                                  num_shards=1, shard_name_template="")
     )
 
@@ -248,17 +253,20 @@ def _clear_previous(output_uri: str) -> None:
     """Remove an earlier run's outputs (manifest first, so no reader trusts a half-replaced dataset)."""
     if storage.exists(storage.join(output_uri, MANIFEST)):
         storage.delete(storage.join(output_uri, MANIFEST))
-    for name in (REJECTED, f"{_COUNTS}.jsonl"):
+    for name in (REJECTED, f"{_COUNTS}.jsonl", f"{_REJECTED_TMP}.jsonl"):
         storage.delete(storage.join(output_uri, name))
     for split in SPLITS:
         for uri in storage.list_uris(storage.join(output_uri, split), suffix=SHARD_SUFFIX):
             storage.delete(uri)
 
 
-def _read_lines(uri: str) -> list[str]:
+def _read_side_file(uri: str) -> list[Any]:
+    """JSON lines Beam wrote, without the sentinel; the file is deleted after reading."""
     if not storage.exists(uri):
         return []
-    return [line for line in storage.read_text(uri).splitlines() if line.strip()]
+    rows = [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+    storage.delete(uri)
+    return [row for row in rows if row != _SENTINEL]
 
 
 def run_preprocess(
@@ -315,16 +323,14 @@ def run_preprocess(
     with beam.Pipeline(options=options) as pipeline:
         _build_pipeline(pipeline, items, listing_rejects, params, output_uri, shards)
 
-    counts_uri = storage.join(output_uri, f"{_COUNTS}.jsonl")
     per_split: dict[str, Counter] = defaultdict(Counter)
-    for line in _read_lines(counts_uri):
-        key, n = json.loads(line)
+    for key, n in _read_side_file(storage.join(output_uri, f"{_COUNTS}.jsonl")):
         split, label = key.split("\t")
         per_split[split][int(label)] += int(n)
-    storage.delete(counts_uri)
-    rejected_uri = storage.join(output_uri, REJECTED)
-    rejected = sorted((json.loads(line) for line in _read_lines(rejected_uri)), key=lambda r: (r["image_id"], r["reason"]))
-    storage.write_text(rejected_uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+    rejected = sorted(_read_side_file(storage.join(output_uri, f"{_REJECTED_TMP}.jsonl")),
+                      key=lambda r: (r["image_id"], r["reason"]))
+    storage.write_text(storage.join(output_uri, REJECTED),
+                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
 
     splits: dict[str, Any] = {}
     for split in SPLITS:
