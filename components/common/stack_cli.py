@@ -26,6 +26,10 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from pipelines.demo import stop_model_server  # the model server `retina demo` left running
+
+    if stop_model_server(args.home):
+        print("  model server stopped")
     stopped = local_stack.stop_stack(args.home)
     if not stopped:
         print("no stack recorded here; nothing to stop")
@@ -44,6 +48,11 @@ def _status(args: argparse.Namespace) -> int:
         all_healthy = all_healthy and info["healthy"]
         where = info["endpoint"] or "-"
         print(f"  {part:10s} {state:24s} pid {info['pid'] or '-':<8} {where}")
+    from pipelines.demo import model_server_status
+
+    server = model_server_status(args.home)
+    if server:
+        print(f"  {'model-srv':10s} {'running':24s} pid {server['pid']:<8} {server.get('address', '-')}")
     return 0 if all_healthy else 1
 
 
