@@ -90,7 +90,6 @@ def test_model_status_reports_available_version(server):
 
 
 def test_classify_on_classify_signature_and_refusal_elsewhere(server):
-    import tensorflow as tf
     from tensorflow_serving.apis import classification_pb2
 
     predict, _ = _stubs(server.address)
@@ -108,7 +107,6 @@ def test_classify_on_classify_signature_and_refusal_elsewhere(server):
         predict.Classify(request, timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "classify" in refused.value.details()
-    del tf
 
 
 @pytest.mark.parametrize(
