@@ -77,3 +77,16 @@ def test_regression_head_stores_qwk_thresholds(tiny_fundus_data, tmp_path):
     info = json.loads(Path(tmp_path / "m" / "retina_model.json").read_text())
     assert info["head"] == "regression" and len(info["thresholds"]) == 4
     assert info["thresholds"] == sorted(info["thresholds"]) == result.info.thresholds
+
+
+def test_train_cli_prints_epochs_and_reports_bad_input(tiny_oct_data, tmp_path, capsys, monkeypatch):
+    from components.cli import main
+
+    monkeypatch.setenv("RETINA_HOME", str(tmp_path / "home"))
+    out = tmp_path / "cli-model"
+    rc = main(["train", "--modality", "oct", "--data", str(tiny_oct_data), "--model", "oct_cnn", "--image-size", "32",
+               "--epochs", "2", "--out", str(out), "--width", "0.25", "--no-mlflow"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "epoch 1/2" in printed and "epoch 2/2" in printed and f"model_uri {out}" in printed
+    rc = main(["train", "--modality", "oct", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--no-mlflow"])
+    assert rc == 2 and "manifest.json" in capsys.readouterr().err
