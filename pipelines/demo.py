@@ -176,9 +176,8 @@ class _Steps:
 
 
 def _write_data(settings: DemoSettings) -> dict[str, str]:
-    from components.common.samples import write_samples
-
     from components.common import synthetic
+    from components.common.samples import write_samples
 
     uris = {}
     writers = {"fundus": synthetic.write_fundus_dataset, "oct": synthetic.write_oct_dataset}
@@ -209,10 +208,9 @@ def _training_arguments(settings: DemoSettings, modality: str, raw_uri: str, ser
 
 
 def _predict_retina(address: str, samples_uri: str) -> tuple[str, float]:
-    from serving.client import ServingClient
-
     from components.common import storage
     from components.common.config import CLASS_NAMES
+    from serving.client import ServingClient
 
     image = storage.read_bytes(storage.join(samples_uri, "retina.jpg"))
     client = ServingClient(address)
@@ -306,7 +304,7 @@ def run_demo(settings: DemoSettings | None = None) -> int:
          "work_uri": "s3://pipeline-root/shards", "shard_size": settings.shard_size},
         home / "pipeline-root",
     )
-    batch_uri = batch.get("index_uri", "")
+    batch_uri = batch.get("Output", "")  # the pipeline returns the index URI as its single output
     steps.done(t, batch_uri)
 
     rows = []

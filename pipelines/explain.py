@@ -17,6 +17,45 @@ RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 MAX_PARALLEL_SHARDS = 4
 
 
+@dsl.pipeline(name="retina-explain-shards")
+def explain_shards(
+    model_uri: str,
+    shards: list,
+    reports_uri: str,
+    methods: str,
+    shard_size: int,
+    run_name: str,
+) -> str:
+    """Explain every shard in parallel, then write one index over the shard reports.
+
+    A sub-pipeline so that `model_uri` reaches the loop as a pipeline input: the kfp 2.17 local runner
+    replaces every *task output* consumed inside a ParallelFor iteration with the loop item, which
+    would hand the shard to `model_uri`. On the cluster it compiles to the same DAG.
+    """
+    with dsl.ParallelFor(shards, parallelism=MAX_PARALLEL_SHARDS, name="shards") as shard:
+        report = explain(
+            model_uri=model_uri,
+            images_uri=shard.uri,
+            reports_uri=reports_uri,
+            methods=methods,
+            max_images=shard_size,
+            run_name=shard.name,
+        )
+        report.set_memory_limit("8G")
+        with_cluster_env(report).set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+
+    merged = merge_reports(
+        report_uris=dsl.Collected(report.outputs["report_uri"]),
+        pointing_games=dsl.Collected(report.outputs["pointing_game"]),
+        reports_uri=reports_uri,
+        model_uri=model_uri,
+        run_name=run_name,
+    ).set_display_name("report index")
+    merged.set_caching_options(False)
+    with_cluster_env(merged, mlflow=False).set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2.0)
+    return merged.outputs["index_uri"]
+
+
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description="Grad-CAM family, feature maps, filters and faithfulness for new images, against "
@@ -43,25 +82,12 @@ def explanation_pipeline(
     shards.set_caching_options(False)  # new images arrive under the same URI
     with_cluster_env(shards, mlflow=False).set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2.0)
 
-    with dsl.ParallelFor(shards.output, parallelism=MAX_PARALLEL_SHARDS, name="shards") as shard:
-        report = explain(
-            model_uri=model.output,
-            images_uri=shard.uri,
-            reports_uri=reports_uri,
-            methods=methods,
-            max_images=shard_size,
-            run_name=shard.name,
-        )
-        report.set_memory_limit("8G")
-        with_cluster_env(report).set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
-
-    merged = merge_reports(
-        report_uris=dsl.Collected(report.outputs["report_uri"]),
-        pointing_games=dsl.Collected(report.outputs["pointing_game"]),
-        reports_uri=reports_uri,
+    batch = explain_shards(
         model_uri=model.output,
+        shards=shards.output,
+        reports_uri=reports_uri,
+        methods=methods,
+        shard_size=shard_size,
         run_name=f"batch-{RUN_ID}",
-    ).set_display_name("report index")
-    merged.set_caching_options(False)
-    with_cluster_env(merged, mlflow=False).set_retry(num_retries=3, backoff_duration="10s", backoff_factor=2.0)
-    return merged.outputs["index_uri"]
+    ).set_display_name("explain shards")
+    return batch.output

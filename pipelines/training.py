@@ -9,12 +9,12 @@ that the local runner ignores.
 # No `from __future__ import annotations`: KFP reads the real annotation objects.
 from typing import NamedTuple
 
-from components.preprocess.component import preprocess
 from kfp import dsl
 
 from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.explain.component import explain
+from components.preprocess.component import preprocess
 from components.register.component import register
 from components.train.component import train
 from pipelines.k8s import on_gpu, with_cluster_env
