@@ -11,7 +11,7 @@ from kfp.dsl import HTML, Output
 from components.common.images import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def resolve_model(modality: str, version: str = "") -> str:
     """`models:/<name>/<version>` for `version`, or for the current `champion` when empty."""
     from pipelines.batch import resolve_model_uri
@@ -19,7 +19,7 @@ def resolve_model(modality: str, version: str = "") -> str:
     return resolve_model_uri(modality, version)
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def list_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str) -> list[dict]:
     """Shards (`{"uri", "name"}`) of at most `shard_size` images for the parallel explain steps."""
     from pipelines.batch import make_shards
@@ -27,7 +27,7 @@ def list_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str) 
     return make_shards(images_uri, shard_size, work_uri, run_name)
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def merge_reports(
     report_uris: list[str],
     pointing_games: list[float],

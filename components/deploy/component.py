@@ -10,7 +10,7 @@ from kfp import dsl
 from components.common.images import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def deploy(
     model_name: str,
     version: str,

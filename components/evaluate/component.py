@@ -8,7 +8,7 @@ from kfp.dsl import ClassificationMetrics, Metrics, Output
 from components.common.images import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def evaluate(
     modality: str,
     data_uri: str,

@@ -12,7 +12,7 @@ from kfp.dsl import Dataset, Output
 from components.common.images import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def preprocess(
     modality: str,
     input_uri: str,

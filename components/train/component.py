@@ -13,7 +13,7 @@ from kfp.dsl import Model, Output
 from components.common.images import GPU_IMAGE
 
 
-@dsl.component(base_image=GPU_IMAGE)
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train(
     modality: str,
     data_uri: str,

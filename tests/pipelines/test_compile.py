@@ -107,3 +107,11 @@ def test_batch_explanation_fans_out_over_shards(compiled) -> None:
     assert loops, "no ParallelFor"
     assert "parameterIterator" in loops[0]
     assert {"resolve-model", "list-shards", "explain", "merge-reports"} <= set(tasks)
+
+
+@pytest.mark.parametrize("pipeline", ["training", "explain"])
+def test_steps_do_not_pip_install_at_start(compiled, pipeline) -> None:
+    """The images already hold kfp and the project: a pod on an offline cluster must not reach for PyPI."""
+    for name, ex in _executors(compiled[pipeline]).items():
+        command = " ".join(ex["container"].get("command", []))
+        assert "pip install" not in command, name
