@@ -338,12 +338,7 @@ def explain_images(
         Grid,
         ImageEntry,
         Report,
-        markdown_summary,
         overlay,
-        publish_report,
-        report_uri,
-        self_contained_html,
-        write_report,
     )
     from components.explain.surgery import conv_layers
 
@@ -357,11 +352,19 @@ def explain_images(
     run_name = run_name or _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
     inputs, problems = read_inputs(images_uri, info, image_size, max_images, progress)
+    probe = CamProbe(model, cam_layer)
     if not inputs:
-        raise RetinaError(f"none of the images under {images_uri} could be read ({len(problems)} unreadable)")
+        # Unreadable images are listed, never fatal: a shard of only rejected images still gets its report.
+        log.warning("none of the images under %s could be read (%d unreadable)", images_uri, len(problems))
+        empty = Report(
+            model_name=model_name, model_version=model_version, run_name=run_name, model_uri=str(model_uri),
+            images_uri=str(images_uri), class_names=class_names, methods=method_names, cam_layer=probe.layer,
+            score_kind=probe.score_kind, entries=[], problems=problems,
+            summary={"metrics": {}, "gate": {}, "pointing_game": None, "class_names": class_names},
+        )
+        return _publish(empty, reports_uri, html_path, markdown_path)
     x = np.stack([im.model_input for im in inputs]).astype(np.float32) / 255.0
 
-    probe = CamProbe(model, cam_layer)
     cams: dict[str, list[np.ndarray]] = {m: [] for m in method_names}
     targets, probs = [], []
     for start in tqdm(range(0, len(x), batch_size), desc="CAMs", unit="batch", disable=not progress):
@@ -469,7 +472,21 @@ def explain_images(
         score_kind=probe.score_kind, entries=entries, problems=problems, feature_maps=grids,
         filters=filter_grids, summary=summary,
     )
-    target_uri = report_uri(reports_uri, model_name, model_version, run_name)
+    return _publish(report, reports_uri, html_path, markdown_path)
+
+
+def _publish(report: Any, reports_uri: str, html_path: str | None, markdown_path: str | None) -> ExplainResult:
+    """Render the report, write the KFP HTML/Markdown files, publish it atomically under its final URI."""
+    from components.explain.report import (
+        markdown_summary,
+        publish_report,
+        report_uri,
+        self_contained_html,
+        summary_json,
+        write_report,
+    )
+
+    target_uri = report_uri(reports_uri, report.model_name, report.model_version, report.run_name)
     with tempfile.TemporaryDirectory(prefix="retina-report-") as tmp:
         write_report(report, tmp)
         if html_path:
@@ -479,11 +496,10 @@ def explain_images(
             Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
             Path(markdown_path).write_text(markdown_summary(report, target_uri), encoding="utf-8")
         publish_report(tmp, target_uri)
-    from components.explain.report import summary_json
-
+    pointing = report.summary.get("pointing_game")
     return ExplainResult(
         report_uri=target_uri,
         pointing_game=float(pointing) if pointing is not None else -1.0,
         summary=summary_json(report),
-        problems=problems,
+        problems=report.problems,
     )

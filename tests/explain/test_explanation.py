@@ -42,6 +42,26 @@ def test_folder_with_masks_broken_and_html_named_files(trained_model_dir, plante
     assert "gradcam" in (tmp_path / "s.md").read_text()
 
 
+def test_only_unreadable_images_still_give_a_report_listing_them(trained_model_dir, tmp_path):
+    """A shard of only rejected images must not fail the batch: its report lists each with the reason."""
+    from components.explain.explanation import explain_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "empty.png").write_bytes(b"")
+    result = explain_images(str(trained_model_dir), str(images), str(tmp_path / "reports"), run_name="bad", **FAST)
+    out = Path(result.report_uri)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_images"] == 0
+    assert sorted(u["name"] for u in summary["unreadable"]) == ["empty.png", "truncated.jpg"]
+    assert all(u["reason"] for u in summary["unreadable"])
+    assert result.pointing_game == -1.0
+    page = (out / "index.html").read_text()
+    assert "truncated.jpg" in page and "empty.png" in page
+    assert (out / "_SUCCESS").exists()
+
+
 def test_any_keras_file_without_metadata_is_resized(trained_model, planted_folder, tmp_path):
     from components.explain.explanation import explain_images
 
