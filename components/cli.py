@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from components.common.errors import RetinaError
@@ -60,6 +61,9 @@ def _load_stack_env() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the command's own output;
+    # warnings and errors still show. Steps started from here (kfp local runner, model server) inherit it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

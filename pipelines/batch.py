@@ -61,7 +61,9 @@ def list_images(images_uri: str) -> tuple[list[str], dict[str, str]]:
 
 
 def make_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str = "batch") -> list[dict[str, str]]:
-    """Shards of at most `shard_size` images: `[{"uri": folder, "name": "<run_name>-shard-NNNNN"}]`.
+    """Shards of at most `shard_size` images: `[{"uri": folder, "run_name": "<run_name>-shard-NNNNN"}]`.
+
+    The key is not `name`: on a ParallelFor loop item, `.name` is the KFP channel's own name.
 
     The name is the shard's report folder (distinct per shard and per run). A set that fits one shard
     is explained in place (no copy). Otherwise images are copied (server-side on S3) into
@@ -72,7 +74,7 @@ def make_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str =
         raise RetinaError(f"shard_size must be at least 1, got {shard_size}")
     images, masks = list_images(images_uri)
     if len(images) <= shard_size:
-        return [{"uri": images_uri.rstrip("/"), "name": f"{run_name}-shard-00000"}]
+        return [{"uri": images_uri.rstrip("/"), "run_name": f"{run_name}-shard-00000"}]
     count = math.ceil(len(images) / shard_size)
     shards = []
     seen: set[str] = set()
@@ -88,7 +90,7 @@ def make_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str =
             storage.copy(uri, storage.join(shard, f"{unique}.{suffix}"))
             if stem in masks:
                 storage.copy(masks[stem], storage.join(shard, MASKS_FOLDER, f"{unique}.png"))
-        shards.append({"uri": shard, "name": f"{run_name}-shard-{i:05d}"})
+        shards.append({"uri": shard, "run_name": f"{run_name}-shard-{i:05d}"})
     return shards
 
 

@@ -10,12 +10,14 @@ local TF-Serving-compatible gRPC server, started detached -> a gRPC prediction o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,15 @@ REPORTS_URI = "s3://reports"
 
 @dataclass(frozen=True)
 class DemoSettings:
+    """Sizes that train models that really learn the synthetic sets, yet keep the whole demo within
+    ~10 minutes on 2 CPU cores (see `retina demo --help` for the knobs)."""
+
     image_size: int = 64
-    epochs: int = 2
-    images_per_set: int = 60
+    epochs: int = 8
+    images_per_set: int = 240
     raw_image_size: int = 160
     batch_size: int = 16
+    learning_rate: float = 2e-3
     modalities: tuple[str, ...] = ("fundus", "oct")
     # Small architectures keep training to seconds on 2 CPU cores.
     model_names: dict[str, str] = field(default_factory=lambda: {"fundus": "deepsense", "oct": "oct_cnn"})
@@ -160,6 +166,58 @@ def start_model_server(model_config_file: str | Path, home: str | Path | None = 
 
 
 # --------------------------------------------------------------------------- the demo
+@contextlib.contextmanager
+def _output_to(log_path: Path) -> Iterator[None]:
+    """Send everything the kfp local runner and its step subprocesses print to a log file.
+
+    The runner echoes each step's executor input/output JSON and TensorFlow's start-up lines; the demo
+    shows one line per stage instead and names the log, whose tail it prints if a stage fails.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _run_quietly(name: str, arguments: dict[str, Any], home: Path, log_path: Path) -> dict[str, Any]:
+    from pipelines.local import run_local
+
+    try:
+        with _output_to(log_path):
+            return run_local(name, arguments, home / "pipeline-root")
+    except RetinaError as exc:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise RetinaError(f"{exc}\n--- last lines of {log_path} ---\n{tail}") from exc
+
+
+def _initial_models_config(serving_base: str, modalities: tuple[str, ...]) -> Path:
+    """A models.config naming the models to serve (no versions yet), so the server can start before training."""
+    from serving.model_repository import model_entry, read_models_config, write_models_config
+
+    config = Path(serving_base) / "models.config"
+    existing = {e.name for e in read_models_config(str(config))} if config.is_file() else set()
+    missing = [REGISTERED_MODEL[m] for m in modalities if REGISTERED_MODEL[m] not in existing]
+    if missing:
+        entries = read_models_config(str(config)) if config.is_file() else []
+        entries += [model_entry(serving_base, name) for name in missing]
+        for name in missing:
+            (Path(serving_base) / name).mkdir(parents=True, exist_ok=True)
+        write_models_config(str(config), entries)
+    return config
+
+
 class _Steps:
     """Numbered progress lines with the time each step took."""
 
@@ -190,7 +248,9 @@ def _write_data(settings: DemoSettings) -> dict[str, str]:
     return uris
 
 
-def _training_arguments(settings: DemoSettings, modality: str, raw_uri: str, serving_base: str) -> dict[str, Any]:
+def _training_arguments(
+    settings: DemoSettings, modality: str, raw_uri: str, serving_base: str, server_address: str
+) -> dict[str, Any]:
     return {
         "modality": modality,
         "raw_data_uri": raw_uri,
@@ -199,9 +259,13 @@ def _training_arguments(settings: DemoSettings, modality: str, raw_uri: str, ser
         "model_width": settings.model_width,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
         "gpu_count": 0,
         "serving_base_uri": serving_base,
         "server_base_path": "",
+        # The model server runs before training, so deploy's canary check (status AVAILABLE + one Predict)
+        # decides whether `stable` moves, exactly as against TF Serving on the cluster.
+        "server_address": server_address,
         "reports_uri": REPORTS_URI,
         "explain_images": settings.explain_images,
     }
@@ -255,7 +319,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def run_demo(settings: DemoSettings | None = None) -> int:
     from components.common.stack import start_stack
-    from pipelines.local import run_local
 
     settings = settings or DemoSettings()
     steps = _Steps(total=3 + len(settings.modalities) + 2)
@@ -271,21 +334,20 @@ def run_demo(settings: DemoSettings | None = None) -> int:
     steps.done(t, ", ".join(uris.values()))
 
     serving_base = str(home / "serving")
+    logs = home / "logs"
+    t = steps.start("model server (gRPC, TF Serving API) on the serving repository")
+    server = start_model_server(_initial_models_config(serving_base, settings.modalities), home)
+    steps.done(t, f"{'reused' if server['reused'] else 'started'} at {server['address']} (pid {server['pid']})")
+
     results: dict[str, dict[str, Any]] = {}
     for modality in settings.modalities:
-        t = steps.start(f"training pipeline, {modality} (kfp local runner)")
-        results[modality] = run_local(
-            "training", _training_arguments(settings, modality, uris[modality], serving_base), home / "pipeline-root"
-        )
+        log_path = logs / f"training-{modality}.log"
+        t = steps.start(f"training pipeline, {modality} (kfp local runner; log {log_path})")
+        args = _training_arguments(settings, modality, uris[modality], serving_base, server["address"])
+        results[modality] = _run_quietly("training", args, home, log_path)
         r = results[modality]
-        steps.done(t, f"{r['model_name']} v{r['version']}, accuracy {r['accuracy']:.3f}, promoted {r['promoted']}")
-
-    t = steps.start("model server (gRPC, TF Serving API) on the serving repository")
-    config = Path(serving_base) / "models.config"
-    if not config.is_file():
-        raise RetinaError(f"no {config}: no model was ever promoted and deployed")
-    server = start_model_server(config, home)
-    steps.done(t, f"{'reused' if server['reused'] else 'started'} at {server['address']} (pid {server['pid']})")
+        steps.done(t, f"{r['model_name']} v{r['version']}, accuracy {r['accuracy']:.3f}, qwk {r['qwk']:.3f}, "
+                      f"promoted {r['promoted']}")
 
     prediction = ""
     if "fundus" in settings.modalities:
@@ -296,13 +358,15 @@ def run_demo(settings: DemoSettings | None = None) -> int:
     else:
         steps.total -= 1
 
-    t = steps.start("batch explanation pipeline on the real images (champion, sharded)")
+    log_path = logs / "explain.log"
+    t = steps.start(f"batch explanation pipeline on the real images (champion, sharded; log {log_path})")
     modality = "fundus" if "fundus" in settings.modalities else settings.modalities[0]
-    batch = run_local(
+    batch = _run_quietly(
         "explain",
         {"modality": modality, "images_uri": uris["samples"], "reports_uri": REPORTS_URI,
          "work_uri": "s3://pipeline-root/shards", "shard_size": settings.shard_size},
-        home / "pipeline-root",
+        home,
+        log_path,
     )
     batch_uri = batch.get("Output", "")  # the pipeline returns the index URI as its single output
     steps.done(t, batch_uri)

@@ -39,7 +39,7 @@ def explain_shards(
             reports_uri=reports_uri,
             methods=methods,
             max_images=shard_size,
-            run_name=shard.name,
+            run_name=shard.run_name,
         )
         report.set_memory_limit("8G")
         with_cluster_env(report).set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)

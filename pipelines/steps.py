@@ -21,7 +21,7 @@ def resolve_model(modality: str, version: str = "") -> str:
 
 @dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
 def list_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str) -> list[dict]:
-    """Shards (`{"uri", "name"}`) of at most `shard_size` images for the parallel explain steps."""
+    """Shards (`{"uri", "run_name"}`) of at most `shard_size` images for the parallel explain steps."""
     from pipelines.batch import make_shards
 
     return make_shards(images_uri, shard_size, work_uri, run_name)

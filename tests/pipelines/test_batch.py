@@ -31,13 +31,13 @@ def image_folder(tmp_path: Path) -> Path:
 
 def test_small_set_is_one_shard_explained_in_place(image_folder: Path, tmp_path: Path) -> None:
     shards = make_shards(str(image_folder), shard_size=10, work_uri=str(tmp_path / "work"), run_name="r1")
-    assert shards == [{"uri": str(image_folder), "name": "r1-shard-00000"}]
+    assert shards == [{"uri": str(image_folder), "run_name": "r1-shard-00000"}]
     assert not (tmp_path / "work").exists()
 
 
 def test_large_set_splits_into_shards_with_masks_beside(image_folder: Path, tmp_path: Path) -> None:
     shards = make_shards(str(image_folder), shard_size=2, work_uri=str(tmp_path / "work"), run_name="r2")
-    assert [s["name"] for s in shards] == ["r2-shard-00000", "r2-shard-00001", "r2-shard-00002"]
+    assert [s["run_name"] for s in shards] == ["r2-shard-00000", "r2-shard-00001", "r2-shard-00002"]
     files = [sorted(p.name for p in Path(s["uri"]).iterdir() if p.is_file()) for s in shards]
     assert sum(len(f) for f in files) == 5 and all(1 <= len(f) <= 2 for f in files)
     assert sorted(n for f in files for n in f) == sorted(
@@ -79,9 +79,9 @@ def test_list_shards_and_merge_reports_steps_run_on_the_local_runner(image_folde
 
     task = list_shards(images_uri=str(image_folder), shard_size=3, work_uri=str(tmp_path / "work"), run_name="lr")
     shards = task.output
-    assert [s["name"] for s in shards] == ["lr-shard-00000", "lr-shard-00001"]
+    assert [s["run_name"] for s in shards] == ["lr-shard-00000", "lr-shard-00001"]
     merged = merge_reports(
-        report_uris=[str(tmp_path / "rep" / "retina-oct" / "2" / s["name"]) for s in shards],
+        report_uris=[str(tmp_path / "rep" / "retina-oct" / "2" / s["run_name"]) for s in shards],
         pointing_games=[1.0, 0.0],
         reports_uri=str(tmp_path / "rep"),
         model_uri="models:/retina-oct/2",

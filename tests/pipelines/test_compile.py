@@ -115,3 +115,13 @@ def test_steps_do_not_pip_install_at_start(compiled, pipeline) -> None:
     for name, ex in _executors(compiled[pipeline]).items():
         command = " ".join(ex["container"].get("command", []))
         assert "pip install" not in command, name
+
+
+def test_each_shard_is_explained_under_its_own_report_name(compiled) -> None:
+    """The explain step reads both `uri` and `run_name` from the loop item (a constant run name would make
+    every shard after the first collide with the first shard's report)."""
+    explain_inputs = _all_tasks(compiled["explain"])["explain"]["inputs"]["parameters"]
+    for key, field in (("images_uri", "uri"), ("run_name", "run_name")):
+        param = explain_inputs[key]
+        assert param.get("componentInputParameter", "").endswith("loop-item"), (key, param)
+        assert param.get("parameterExpressionSelector") == f'parseJson(string_value)["{field}"]', (key, param)
