@@ -113,9 +113,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="end to end on this machine: stack, data, training pipeline (both modalities), "
         "served champion, gRPC prediction, batch explanation",
     )
-    demo.add_argument("--image-size", type=int, default=64, help="model input size (tiny by default)")
-    demo.add_argument("--epochs", type=int, default=2)
-    demo.add_argument("--images", type=int, default=60, help="synthetic images per modality")
+    from pipelines.demo import DemoSettings  # one place holds the demo's defaults
+
+    defaults = DemoSettings()
+    demo.add_argument("--image-size", type=int, default=defaults.image_size, help="model input size (tiny by default)")
+    demo.add_argument("--epochs", type=int, default=defaults.epochs)
+    demo.add_argument("--images", type=int, default=defaults.images_per_set, help="synthetic images per modality")
     demo.add_argument(
         "--modality", action="append", choices=["fundus", "oct"], help="repeatable (default: both)"
     )
