@@ -304,7 +304,7 @@ def _local_copy(report_uri: str, home: Path) -> Path:
     from components.common import storage
 
     bucket_path = report_uri.split("://", 1)[-1]
-    dest = home / "reports" / bucket_path
+    dest = home / bucket_path  # s3://reports/<model>/<version>/<run> -> .retina/reports/<model>/<version>/<run>
     storage.download_dir(report_uri, dest)
     return dest
 
@@ -352,7 +352,8 @@ def run_demo(settings: DemoSettings | None = None) -> int:
     prediction = ""
     if "fundus" in settings.modalities:
         t = steps.start("gRPC prediction on the real retina.jpg")
-        label, prob = _predict_retina(server["address"], uris["samples"])
+        with _output_to(logs / "predict.log"):  # TensorFlow's start-up lines (the client builds tensor protos)
+            label, prob = _predict_retina(server["address"], uris["samples"])
         prediction = f"{label} (p={prob:.2f})"
         steps.done(t, prediction)
     else:
@@ -360,10 +361,10 @@ def run_demo(settings: DemoSettings | None = None) -> int:
 
     log_path = logs / "explain.log"
     t = steps.start(f"batch explanation pipeline on the real images (champion, sharded; log {log_path})")
-    modality = "fundus" if "fundus" in settings.modalities else settings.modalities[0]
+    batch_modality = "fundus" if "fundus" in settings.modalities else settings.modalities[0]
     batch = _run_quietly(
         "explain",
-        {"modality": modality, "images_uri": uris["samples"], "reports_uri": REPORTS_URI,
+        {"modality": batch_modality, "images_uri": uris["samples"], "reports_uri": REPORTS_URI,
          "work_uri": "s3://pipeline-root/shards", "shard_size": settings.shard_size},
         home,
         log_path,
@@ -378,7 +379,7 @@ def run_demo(settings: DemoSettings | None = None) -> int:
                      "yes" if r["promoted"] else "no", server["address"], report_uri,
                      str(_local_copy(report_uri, home))])
     if batch_uri:
-        rows.append([f"{modality} batch", "champion", "", "", "", server["address"], batch_uri,
+        rows.append([f"{batch_modality} batch", "champion", "", "", "", server["address"], batch_uri,
                      str(_local_copy(batch_uri, home))])
     print()
     print(_table(rows, ["modality", "model", "accuracy", "qwk", "promoted", "serving (gRPC)", "report (S3)",
