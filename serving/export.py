@@ -25,13 +25,13 @@ and the continuous value is an extra output `grade` float32 `[N]`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+from components.common import storage
 from components.common.errors import RetinaError
 
 SIGNATURE_TENSOR = "serving_default"
@@ -176,13 +176,7 @@ def export_saved_model(model: Any, info: Any, export_dir: str | Path, overwrite:
         extra = staging / "assets.extra"
         extra.mkdir(exist_ok=True)
         (extra / "retina_model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        if export_dir.exists():
-            old = export_dir.parent / f".{export_dir.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(export_dir, old)
-            os.replace(staging, export_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, export_dir)
+        storage.swap_in_dir(staging, export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(asset_dir, ignore_errors=True)

@@ -350,6 +350,20 @@ def local_copy(uri: str) -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------- atomic publish
+def swap_in_dir(staging: Path, final: Path) -> None:
+    """Put the complete local folder `staging` at `final` by rename (atomic on POSIX), replacing any old one.
+
+    A reader sees the old folder or the new one, never a mix; the old one is deleted afterwards.
+    """
+    if final.exists():
+        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
 def _ordered(rel_paths: list[str], last: Sequence[str]) -> list[str]:
     """Files whose base name is in `last` go at the end, in the order `last` names them."""
     rank = {name: i for i, name in enumerate(last)}
@@ -381,13 +395,7 @@ def publish_folder(local_dir: str | Path, uri: str, last: Sequence[str] = (), ov
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # a half copy must not linger where list_uris finds it
             raise
-        if final.exists():
-            old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        swap_in_dir(staging, final)
         return uri
     staging = join(parent(uri), TMP_PREFIX, uuid.uuid4().hex)
     try:
