@@ -114,6 +114,7 @@ def read_eyepacs(root_uri: str) -> DatasetListing:
         raise DatasetError(f"{csv_uri} needs the columns image,level (found: {','.join(fields) or 'none'})")
     reader.fieldnames = fields
     labels: dict[str, int] = {}
+    reported: set[str] = set()  # ids whose CSV row is already a problem: their file is not reported again
     num_grades = len(CLASS_NAMES["fundus"])
     for line_no, row in enumerate(reader, start=2):
         image_id = (row.get("image") or "").strip()
@@ -126,9 +127,11 @@ def read_eyepacs(root_uri: str) -> DatasetListing:
             continue
         if not level.isdigit() or int(level) >= num_grades:
             problems.append(Problem(image_id, f"unknown label {level!r} (expected 0..{num_grades - 1})"))
+            reported.add(image_id)
             continue
         if not _EYEPACS_ID.match(image_id):
             problems.append(Problem(image_id, "image id does not parse: expected <patient>_<left|right>"))
+            reported.add(image_id)
             continue
         labels[image_id] = int(level)
 
@@ -151,6 +154,8 @@ def read_eyepacs(root_uri: str) -> DatasetListing:
     records = []
     for image_id, uri in images.items():
         if image_id not in labels:
+            if image_id in reported:
+                continue
             if _EYEPACS_ID.match(image_id):
                 problems.append(Problem(storage.basename(uri), f"no row in {EYEPACS_LABELS}"))
             else:
