@@ -8,6 +8,7 @@ into the pipeline (GPU, Secrets, ConfigMaps) are ignored locally.
 
 from __future__ import annotations
 
+import builtins
 import os
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,16 @@ def run_local(name: str, arguments: dict[str, Any], pipeline_root: str | Path | 
     require_stack_env()
     init_local(pipeline_root)
     pipeline = load_pipeline(name)
+    # kfp.local indents step output by swapping `builtins.print` per task; parallel loop iterations swap it
+    # concurrently and can leave the indenting version installed. Put the real one back afterwards.
+    real_print = builtins.print
     try:
         task = pipeline(**arguments)
     except RuntimeError as exc:  # kfp.local raises RuntimeError("Pipeline ... finished with status FAILURE ...")
         raise RetinaError(f"local {name} pipeline failed: {str(exc).splitlines()[0]}") from exc
     except TypeError as exc:  # an unknown --param
         raise RetinaError(f"{name} pipeline: {exc}") from exc
+    finally:
+        builtins.print = real_print
     outputs = getattr(task, "outputs", None) or {}
     return dict(outputs)
