@@ -25,6 +25,8 @@ def explain_shards(
     methods: str,
     shard_size: int,
     run_name: str,
+    thresholds: str,
+    fail_on_gate: bool,
 ) -> str:
     """Explain every shard in parallel, then write one index over the shard reports.
 
@@ -40,6 +42,8 @@ def explain_shards(
             methods=methods,
             max_images=shard_size,
             run_name=shard.run_name,
+            thresholds=thresholds,
+            fail_on_gate=fail_on_gate,
         )
         report.set_memory_limit("8G")
         with_cluster_env(report).set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
@@ -69,8 +73,12 @@ def explanation_pipeline(
     work_uri: str = "s3://pipeline-root/shards",
     shard_size: int = 64,
     methods: str = "gradcam,gradcam++,layercam",
+    thresholds: str = "",
+    fail_on_gate: bool = False,
 ) -> str:
-    """`model_version` empty = the current champion, pinned once so every shard explains the same model."""
+    """`model_version` empty = the current champion, pinned once so every shard explains the same model.
+    `thresholds` is the faithfulness gate of each shard's report (empty = the defaults); with
+    `fail_on_gate` a shard whose explanations fail it fails the run."""
     model = resolve_model(modality=modality, version=model_version).set_display_name("resolve model")
     # "champion" means the champion at run time: never cached.
     model.set_caching_options(False)
@@ -89,5 +97,7 @@ def explanation_pipeline(
         methods=methods,
         shard_size=shard_size,
         run_name=f"batch-{RUN_ID}",
+        thresholds=thresholds,
+        fail_on_gate=fail_on_gate,
     ).set_display_name("explain shards")
     return batch.output

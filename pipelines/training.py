@@ -34,6 +34,7 @@ class TrainingOutputs(NamedTuple):
     version: str
     promoted: bool
     report_uri: str
+    explanation_gate_passed: bool
 
 
 def _retry(task: dsl.PipelineTask, attempts: int) -> dsl.PipelineTask:
@@ -94,13 +95,18 @@ def training_pipeline(
     reports_uri: str = "s3://reports",
     explain_methods: str = "gradcam,gradcam++,layercam",
     explain_images: int = 16,
+    explain_thresholds: str = "",
+    explain_fail_on_gate: bool = False,
     mlflow_experiment: str = "retina",
     model_width: float = 1.0,
     seed: int = 0,
 ) -> TrainingOutputs:
     """Parameters: `promotion_metric` empty = qwk for fundus, accuracy for OCT; `server_base_path` is the
     serving repository as the model server sees it (`/models` in the TF Serving pod; empty = same as
-    `serving_base_uri`); `server_address` (host:port) enables the canary check before `stable` moves."""
+    `serving_base_uri`); `server_address` (host:port) enables the canary check before `stable` moves;
+    `explain_thresholds` (`"randomization_ssim<=0.5,pointing_game>=0.3"`, empty = the defaults) is the
+    faithfulness gate on the Grad-CAM report: its verdict is the `explanation_gate_passed` output, and
+    `explain_fail_on_gate` makes a failed gate fail the run (the report is still published)."""
     prep = preprocess(
         modality=modality,
         input_uri=raw_data_uri,
@@ -169,6 +175,8 @@ def training_pipeline(
         methods=explain_methods,
         max_images=explain_images,
         run_name=RUN_ID,
+        thresholds=explain_thresholds,
+        fail_on_gate=explain_fail_on_gate,
     ).after(gate)
     report.set_caching_options(False)
     _retry(with_cluster_env(report), 2)
@@ -180,4 +188,5 @@ def training_pipeline(
         version=registered.outputs["version"],
         promoted=registered.outputs["promoted"],
         report_uri=report.outputs["report_uri"],
+        explanation_gate_passed=report.outputs["gate_passed"],
     )

@@ -33,19 +33,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--map-selection", choices=("first", "most_active"), default="first")
     p.add_argument("--filters", type=int, default=8, help="filters per layer to visualise by activation maximisation")
     p.add_argument("--baseline", choices=("grey", "blur"), default="grey", help="deletion/insertion baseline")
+    p.add_argument("--thresholds", default="",
+                   help='faithfulness gate, e.g. "randomization_ssim<=0.5,pointing_game>=0.3" '
+                   '(default: randomization_ssim<=0.5,insertion_minus_deletion>=0; "none" = no gate)')
+    p.add_argument("--fail-on-gate", action="store_true",
+                   help="exit with an error when the gate fails (the report is still written)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.explain.explanation import explain_images
+    from components.explain.explanation import explain_images, require_gate
 
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] or None
     result = explain_images(
         args.model, args.images, args.out, methods=args.methods, max_images=args.max_images,
         run_name=args.run_name, batch_size=args.batch_size, cam_layer=args.cam_layer, layers=layers,
         maps_per_layer=args.maps_per_layer, map_selection=args.map_selection, filter_count=args.filters,
-        baseline=args.baseline,
+        baseline=args.baseline, thresholds=args.thresholds,
     )
     if args.json:
         print(json.dumps({"report_uri": result.report_uri, "pointing_game": result.pointing_game,
@@ -55,8 +60,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"explained {result.summary.get('num_images')} images, {len(result.problems)} unreadable")
         for name, reason in result.problems:
             print(f"  unreadable: {name}: {reason}")
-        gate = result.summary.get("gate", {})
-        print(f"faithfulness gate: {'passed' if gate.get('passed') else 'failed'}")
+        from components.explain.faithfulness import format_failures
+
+        failures = format_failures(result.summary.get("gate") or {})
+        print(f"faithfulness gate: {'passed' if result.gate_passed else 'failed: ' + failures}")
         if result.pointing_game >= 0:
             print(f"pointing game: {result.pointing_game:.3f}")
+    if args.fail_on_gate:
+        require_gate(result)
     return 0

@@ -22,16 +22,23 @@ def explain(
     methods: str = "gradcam,gradcam++,layercam",
     max_images: int = 16,
     run_name: str = "",
-) -> NamedTuple("ExplainOutputs", report_uri=str, pointing_game=float):
+    thresholds: str = "",
+    fail_on_gate: bool = False,
+) -> NamedTuple("ExplainOutputs", report_uri=str, pointing_game=float, gate_passed=bool):
     """Batch CAMs, feature maps, filters and faithfulness metrics; report under <reports>/<model>/<version>/<run>/.
 
     `pointing_game` is -1.0 when no image has a lesion mask. `html` is the self-contained report
-    (images inlined) for the Kubeflow UI; `summary` the Markdown metrics table.
+    (images inlined) for the Kubeflow UI; `summary` the Markdown metrics table. `thresholds`
+    (`"randomization_ssim<=0.5,pointing_game>=0.3"`; empty = the defaults) set the faithfulness gate:
+    `gate_passed` says how it went, and with `fail_on_gate` a failed gate fails the step once the
+    report is published (so the run shows red and the report says why).
     """
-    from components.explain.explanation import explain_images
+    from components.explain.explanation import explain_images, require_gate
 
     result = explain_images(
         model_uri, images_uri, reports_uri, methods=methods, max_images=max_images, run_name=run_name,
-        html_path=html.path, markdown_path=summary.path, progress=False,
+        thresholds=thresholds, html_path=html.path, markdown_path=summary.path, progress=False,
     )
-    return (result.report_uri, result.pointing_game)
+    if fail_on_gate:
+        require_gate(result)
+    return (result.report_uri, result.pointing_game, result.gate_passed)

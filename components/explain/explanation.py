@@ -54,6 +54,27 @@ class ExplainResult:
     local_dir: str = ""
     problems: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def gate_passed(self) -> bool:
+        """The faithfulness gate (thresholds on the summary metrics); a report with no images passes."""
+        return bool((self.summary.get("gate") or {}).get("passed", True))
+
+
+class ExplanationGateFailed(RetinaError):
+    """The report is published, but its faithfulness numbers are below the thresholds the caller set."""
+
+
+def require_gate(result: ExplainResult) -> ExplainResult:
+    """Raise `ExplanationGateFailed` naming each failed metric and the report; else return the result."""
+    from components.explain.faithfulness import format_failures
+
+    if not result.gate_passed:
+        raise ExplanationGateFailed(
+            f"explanations failed the faithfulness gate: {format_failures(result.summary['gate'])}; "
+            f"report: {result.report_uri}/index.html"
+        )
+    return result
+
 
 # --------------------------------------------------------------------------- model
 def load_explainable_model(model_uri: str) -> tuple[Any, Any]:
@@ -317,7 +338,7 @@ def explain_images(
     filter_steps: int = 32,
     faithfulness_steps: int = 16,
     baseline: str = "grey",
-    thresholds: dict[str, tuple[str, float]] | None = None,
+    thresholds: str | dict[str, tuple[str, float]] | None = None,
     html_path: str | None = None,
     markdown_path: str | None = None,
     progress: bool = True,
@@ -327,6 +348,8 @@ def explain_images(
     Returns the report URI and the pointing game of the first method (-1.0 when there are no masks).
     `layers` restricts the feature-map grids and names the layers whose filters are visualised
     (default: every conv layer for maps, the last conv layer for activation maximisation).
+    `thresholds` (`faithfulness.parse_thresholds` text or a dict; None = the defaults) set the
+    faithfulness gate recorded in `summary.json`; `require_gate(result)` turns a failed gate into an error.
     """
     from tqdm import tqdm
 
@@ -343,6 +366,8 @@ def explain_images(
     from components.explain.surgery import conv_layers
 
     method_names = parse_methods(methods)
+    if isinstance(thresholds, str):  # checked before any work, so a typo costs nothing
+        thresholds = faith.parse_thresholds(thresholds)
     if max_images < 1:
         raise RetinaError(f"max_images must be at least 1, got {max_images}")
     model, info = load_explainable_model(model_uri)

@@ -184,6 +184,49 @@ def summarize(per_image: Mapping[str, Sequence[float]]) -> dict[str, float | Non
     return summary
 
 
+# Summary metrics a threshold may name (see `summarize`).
+GATE_METRICS = ("deletion_auc", "insertion_auc", "insertion_minus_deletion", "pointing_game", "energy_in_mask",
+                "mask_fraction", "randomization_ssim")
+_COMPARISONS = (">=", "<=", ">", "<")
+
+
+def parse_thresholds(text: str) -> dict[str, tuple[str, float]] | None:
+    """`"randomization_ssim<=0.5,pointing_game>=0.3"` -> {metric: (op, value)}; empty -> None (the defaults).
+
+    One string, so the same gate travels as a KFP pipeline parameter, a component input and a CLI flag.
+    `none` turns the gate off (every report passes).
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.lower() == "none":
+        return {}
+    thresholds: dict[str, tuple[str, float]] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        op = next((c for c in _COMPARISONS if c in item), None)
+        if op is None:
+            raise RetinaError(f"threshold {item!r}: expected <metric><op><number> with op one of >= <= > <")
+        name, _, value = (part.strip() for part in item.partition(op))
+        if name not in GATE_METRICS:
+            raise RetinaError(f"threshold {item!r}: unknown metric {name!r}; known: {', '.join(GATE_METRICS)}")
+        try:
+            thresholds[name] = (op, float(value))
+        except ValueError:
+            raise RetinaError(f"threshold {item!r}: {value!r} is not a number") from None
+    return thresholds
+
+
+def format_failures(gate_result: Mapping[str, Any]) -> str:
+    """`randomization_ssim 0.91 (needs <= 0.5)` for each metric that failed, comma-separated."""
+    return ", ".join(
+        f"{name} {r['value']:.3f} (needs {r['op']} {r['threshold']:g})"
+        for name, r in gate_result.get("metrics", {}).items()
+        if r.get("passed") is False
+    )
+
+
 def gate(
     summary: Mapping[str, float | None], thresholds: Mapping[str, tuple[str, float]] | None = None
 ) -> dict[str, Any]:

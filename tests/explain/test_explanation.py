@@ -147,23 +147,66 @@ def test_component_python_func(trained_model_dir, planted_folder, tmp_path):
 
     html = SimpleNamespace(path=str(tmp_path / "html" / "report.html"))
     md = SimpleNamespace(path=str(tmp_path / "md" / "summary.md"))
-    report_uri, pointing = explain.python_func(
+    report_uri, pointing, gate_passed = explain.python_func(
         model_uri=str(trained_model_dir), images_uri=str(planted_folder), reports_uri=str(tmp_path / "reports"),
         html=html, summary=md, methods="gradcam", max_images=3, run_name="unit",
     )
     assert Path(report_uri, "index.html").is_file() and 0.0 <= pointing <= 1.0
+    summary = json.loads(Path(report_uri, "summary.json").read_text())
+    assert gate_passed is summary["gate"]["passed"]
     assert Path(html.path).read_text().count("data:image/png;base64,") > 3
     assert "gradcam" in Path(md.path).read_text()
 
 
-def test_component_under_kfp_local_runner(trained_model_dir, planted_folder, tmp_path):
-    from kfp import local
-
+def test_component_under_kfp_local_runner(trained_model_dir, planted_folder, tmp_path, kfp_local):
     from components.explain.component import explain
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     task = explain(model_uri=str(trained_model_dir), images_uri=str(planted_folder),
                    reports_uri=str(tmp_path / "reports"), methods="gradcam", max_images=2, run_name="kfp")
     assert Path(task.outputs["report_uri"], "index.html").is_file()
     assert -1.0 <= task.outputs["pointing_game"] <= 1.0
+    assert isinstance(task.outputs["gate_passed"], bool)
     assert "data:image/png;base64," in Path(task.outputs["html"].path).read_text()
+
+
+def test_faithfulness_gate_set_by_the_caller_fails_the_cli_after_the_report_is_published(
+        trained_model_dir, planted_folder, tmp_path, capsys):
+    """An unreachable threshold fails the gate: exit 2 with the failing metric named, report still there."""
+    from components.cli import main
+
+    args = ["explain", "--model", str(trained_model_dir), "--images", str(planted_folder), "--out",
+            str(tmp_path / "rep"), "--methods", "gradcam", "--max-images", "2", "--filters", "1",
+            "--maps-per-layer", "2"]
+    assert main([*args, "--run-name", "strict", "--thresholds", "randomization_ssim<=-1", "--fail-on-gate"]) == 2
+    err = capsys.readouterr().err
+    assert "faithfulness gate" in err and "randomization_ssim" in err and "needs <= -1" in err
+    report = tmp_path / "rep" / "planted_cnn" / "run-01234567" / "strict"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["gate"]["passed"] is False
+    assert summary["gate"]["metrics"]["randomization_ssim"]["threshold"] == -1.0
+    assert (report / "_SUCCESS").exists()
+
+    # The same run with a threshold every model meets passes and exits 0.
+    assert main([*args, "--run-name", "lenient", "--thresholds", "randomization_ssim<=1.0", "--fail-on-gate"]) == 0
+    assert "faithfulness gate: passed" in capsys.readouterr().out
+
+
+def test_component_reports_a_failed_gate_and_fails_only_when_asked(trained_model_dir, planted_folder, tmp_path):
+    from types import SimpleNamespace
+
+    from components.common.errors import RetinaError
+    from components.explain.component import explain
+
+    def run(name: str, fail: bool):
+        return explain.python_func(
+            model_uri=str(trained_model_dir), images_uri=str(planted_folder), reports_uri=str(tmp_path / "reports"),
+            html=SimpleNamespace(path=str(tmp_path / name / "r.html")),
+            summary=SimpleNamespace(path=str(tmp_path / name / "s.md")), methods="gradcam", max_images=2,
+            run_name=name, thresholds="insertion_minus_deletion>=2", fail_on_gate=fail)
+
+    report_uri, _, gate_passed = run("flag", fail=False)
+    assert gate_passed is False  # insertion - deletion AUC lies in [-1, 1]: 2 cannot be met
+    assert "Gate: failed" in Path(tmp_path / "flag" / "s.md").read_text()
+    with pytest.raises(RetinaError, match="insertion_minus_deletion"):
+        run("fail", fail=True)
+    assert Path(tmp_path / "reports" / "planted_cnn" / "run-01234567" / "fail" / "index.html").is_file()

@@ -91,3 +91,30 @@ def test_summary_skips_missing_values_and_gate_reports_pass_fail():
     assert faith.gate(summary, {"pointing_game": (">=", 0.5)})["passed"] is True
     with pytest.raises(Exception, match="=>"):
         faith.gate(summary, {"pointing_game": ("=>", 0.5)})
+
+
+def test_thresholds_parse_from_one_string_for_pipeline_parameters():
+    assert faith.parse_thresholds("") is None  # the defaults
+    assert faith.parse_thresholds("none") == {}
+    assert faith.parse_thresholds(" randomization_ssim<=0.4 , pointing_game>=0.3,deletion_auc<0.2") == {
+        "randomization_ssim": ("<=", 0.4), "pointing_game": (">=", 0.3), "deletion_auc": ("<", 0.2)}
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("pointing_game=0.3", "expected <metric><op><number>"),
+    ("pointing_gam>=0.3", "unknown metric 'pointing_gam'"),
+    ("pointing_game>=high", "'high' is not a number"),
+])
+def test_bad_thresholds_name_the_problem(text, problem):
+    from components.common.errors import RetinaError
+
+    with pytest.raises(RetinaError, match=problem):
+        faith.parse_thresholds(text)
+
+
+def test_gate_reports_failures_with_what_was_needed():
+    result = faith.gate({"randomization_ssim": 0.9, "pointing_game": 0.8, "insertion_minus_deletion": None},
+                        faith.parse_thresholds("randomization_ssim<=0.5,pointing_game>=0.3,insertion_minus_deletion>=0"))
+    assert result["passed"] is False
+    assert result["metrics"]["insertion_minus_deletion"]["passed"] is None  # not computed: reported, not failed
+    assert faith.format_failures(result) == "randomization_ssim 0.900 (needs <= 0.5)"

@@ -125,3 +125,22 @@ def test_each_shard_is_explained_under_its_own_report_name(compiled) -> None:
         param = explain_inputs[key]
         assert param.get("componentInputParameter", "").endswith("loop-item"), (key, param)
         assert param.get("parameterExpressionSelector") == f'parseJson(string_value)["{field}"]', (key, param)
+
+
+@pytest.mark.parametrize(("pipeline", "thresholds", "fail"), [
+    ("training", "explain_thresholds", "explain_fail_on_gate"),
+    ("explain", "thresholds", "fail_on_gate"),
+])
+def test_faithfulness_gate_is_a_pipeline_parameter_wired_to_the_explain_step(compiled, pipeline, thresholds,
+                                                                               fail) -> None:
+    doc = compiled[pipeline]
+    params = doc["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert params[thresholds]["parameterType"] == "STRING" and params[fail]["parameterType"] == "BOOLEAN"
+    explain_task = next(t for t in _all_tasks(doc).values() if t["componentRef"]["name"] == "comp-explain")
+    inputs = explain_task["inputs"]["parameters"]
+    assert {"thresholds", "fail_on_gate"} <= set(inputs)
+    explain_outputs = doc["spec"]["components"]["comp-explain"]["outputDefinitions"]["parameters"]
+    assert explain_outputs["gate_passed"]["parameterType"] == "BOOLEAN"
+    if pipeline == "training":
+        outputs = doc["spec"]["root"]["outputDefinitions"]["parameters"]
+        assert outputs["explanation_gate_passed"]["parameterType"] == "BOOLEAN"
