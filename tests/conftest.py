@@ -1,9 +1,11 @@
-"""Fixtures every test area shares: the throw-away local stack (SeaweedFS S3 + MLflow on loopback)."""
+"""Fixtures every test area shares: the throw-away local stack (SeaweedFS S3 + MLflow on loopback) and the
+kfp local runner that every component's local test runs under."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             else:
                 os.environ[key] = value
         stop_stack(home)
+
+
+@pytest.fixture
+def kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`kfp.local` with `SubprocessRunner(use_venv=False)`: each component runs in a subprocess of this venv,
+    as it runs in the project image on the cluster (the package is installed, no pip at start).
+
+    PYTHONPATH points at the checkout so the subprocess imports this tree even where the package is not
+    installed in editable mode. Returns the local pipeline root (artifacts land under it).
+    """
+    from kfp import local
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root

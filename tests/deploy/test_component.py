@@ -50,14 +50,6 @@ def test_cli_unknown_model_is_one_line_error(stack, tmp_path, capsys):
     assert "retina-nothing has no version 1" in err and "Traceback" not in err
 
 
-@pytest.fixture
-def kfp_local(tmp_path):
-    from kfp import local
-
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline-root"))
-    yield
-
-
 def test_deploy_component_under_kfp_local_runner(stack, register_version, model_name, tmp_path, kfp_local):
     from components.deploy.component import deploy
 

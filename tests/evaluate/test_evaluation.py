@@ -1,7 +1,6 @@
 """Evaluation numbers, both KFP metric artifacts, and the evaluate component (unit and kfp local runner)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -78,14 +77,10 @@ def test_evaluate_cli_prints_and_writes_json(eval_oct_model, eval_oct_data, tmp_
 
 
 @pytest.mark.slow
-def test_evaluate_component_under_kfp_local_runner(eval_oct_model, eval_oct_data, tmp_path, monkeypatch):
-    from kfp import local
-
+def test_evaluate_component_under_kfp_local_runner(eval_oct_model, eval_oct_data, kfp_local, monkeypatch):
     from components.evaluate.component import evaluate
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.getcwd())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     task = evaluate(modality="oct", data_uri=str(eval_oct_data), model_uri=str(eval_oct_model))
     assert 0.0 <= task.outputs["accuracy"] <= 1.0
     cls = task.outputs["classification_metrics"]

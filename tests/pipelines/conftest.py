@@ -1,4 +1,4 @@
-"""Fixtures for the pipeline tests: compiled packages and a kfp local runner on a temporary root."""
+"""Fixtures for the pipeline tests: compiled packages with sentinel credentials (`kfp_local` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,3 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         out[name] = {"text": text, "spec": docs[0], "platform": docs[1] if len(docs) > 1 else {}}
     return out
 
-
-@pytest.fixture
-def local_runner(tmp_path: Path) -> Path:
-    """kfp local SubprocessRunner (no venv: the project is installed here, as in the image)."""
-    from kfp import local
-
-    root = tmp_path / "pipeline-root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    return root

@@ -74,7 +74,7 @@ def test_index_links_shard_reports_escapes_names_and_averages_scored_shards(tmp_
 
 
 def test_list_shards_and_merge_reports_steps_run_on_the_local_runner(image_folder: Path, tmp_path: Path,
-                                                                     local_runner: Path) -> None:
+                                                                     kfp_local: Path) -> None:
     from pipelines.steps import list_shards, merge_reports
 
     task = list_shards(images_uri=str(image_folder), shard_size=3, work_uri=str(tmp_path / "work"), run_name="lr")
@@ -92,7 +92,7 @@ def test_list_shards_and_merge_reports_steps_run_on_the_local_runner(image_folde
     assert "lr-shard-00001" in Path(merged.outputs["index"].path).read_text()
 
 
-def test_resolve_model_step_runs_on_the_local_runner(local_runner: Path) -> None:
+def test_resolve_model_step_runs_on_the_local_runner(kfp_local: Path) -> None:
     from pipelines.steps import resolve_model
 
     assert resolve_model(modality="fundus", version="12").output == "models:/retina-fundus/12"

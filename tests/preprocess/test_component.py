@@ -27,13 +27,9 @@ def test_component_python_func_writes_manifest_into_the_artifact(fundus_raw, tmp
 
 
 @pytest.mark.slow
-def test_component_under_kfp_local_runner(fundus_raw, tmp_path, monkeypatch):
-    from kfp import local
-
+def test_component_under_kfp_local_runner(fundus_raw, tmp_path, kfp_local):
     from components.preprocess.component import preprocess
 
-    monkeypatch.setenv("PYTHONPATH", os.getcwd())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     out = str(tmp_path / "data")
     task = preprocess(modality="fundus", input_uri=str(fundus_raw), output_uri=out, image_size=32)
     assert task.outputs["data_uri"] == out

@@ -56,14 +56,6 @@ def test_cli_unknown_run_is_one_line_error(stack, capsys):
     assert "no MLflow run" in err and "Traceback" not in err
 
 
-@pytest.fixture
-def kfp_local(tmp_path):
-    from kfp import local
-
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline-root"))
-    yield
-
-
 @pytest.mark.slow
 def test_register_component_under_kfp_local_runner(stack, log_model_run, kfp_local):
     from components.register.component import register

@@ -58,13 +58,9 @@ def test_train_python_func_writes_model_artifact(stack, tiny_oct_data, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.stack
-def test_train_component_under_kfp_local_runner(stack, tiny_oct_data, tmp_path, monkeypatch):
-    from kfp import local
-
+def test_train_component_under_kfp_local_runner(stack, tiny_oct_data, tmp_path, kfp_local):
     from components.train.component import train
 
-    monkeypatch.setenv("PYTHONPATH", os.getcwd())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     out = str(tmp_path / "trained")
     task = train(modality="oct", data_uri=str(tiny_oct_data), model_name="oct_cnn", image_size=32, epochs=1,
                  batch_size=32, output_uri=out, width=0.25, mlflow_experiment="test-component")
