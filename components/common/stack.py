@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common import storage
 from components.common.config import BUCKETS, retina_home
-from components.common.errors import RetinaError
+from components.common.errors import RetinaError, StorageError
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -391,7 +392,6 @@ def mlflow_healthy(uri: str, timeout_s: float = 3.0) -> bool:
 
 def _ensure_buckets(endpoint: str, creds: dict[str, str]) -> None:
     import boto3
-    from botocore.exceptions import ClientError
 
     client = boto3.session.Session().client(
         "s3",
@@ -400,17 +400,10 @@ def _ensure_buckets(endpoint: str, creds: dict[str, str]) -> None:
         aws_access_key_id=creds["access_key"],
         aws_secret_access_key=creds["secret_key"],
     )
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    for bucket in BUCKETS:
-        if bucket not in existing:
-            try:
-                client.create_bucket(Bucket=bucket)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in (
-                    "BucketAlreadyExists",
-                    "BucketAlreadyOwnedByYou",
-                ):
-                    raise StackError(f"cannot create bucket {bucket!r} on {endpoint}") from exc
+    try:
+        storage.ensure_buckets(BUCKETS, client)
+    except StorageError as exc:
+        raise StackError(f"{exc} on {endpoint}") from exc
 
 
 # --------------------------------------------------------------------------- state

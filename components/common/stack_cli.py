@@ -1,4 +1,6 @@
-"""`retina stack up | down | status` — the local SeaweedFS + MLflow stack (see components.common.stack)."""
+"""`retina stack up | down | status` — the local SeaweedFS + MLflow stack (see components.common.stack) — and
+`retina stack buckets`, which creates the system's buckets on whatever S3 the environment names (the
+cluster install runs it as the `retina-buckets` Job)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,17 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all_healthy else 1
 
 
+def _buckets(args: argparse.Namespace) -> int:
+    from components.common import storage
+
+    endpoint = storage.s3_endpoint() or "AWS's default endpoint"
+    created = storage.ensure_buckets(local_stack.BUCKETS)
+    for bucket in local_stack.BUCKETS:
+        print(f"  {bucket:14s} {'created' if bucket in created else 'exists'}")
+    print(f"buckets ready on {endpoint}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("stack", help="local SeaweedFS S3 + MLflow server on 127.0.0.1")
     actions = parser.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
@@ -73,3 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="pick free ports instead of the defaults (8333, 5000, ...)",
             )
         p.set_defaults(func=func)
+    p = actions.add_parser(
+        "buckets",
+        help="create the buckets (raw, datasets, mlflow, models, reports, pipeline-root) on the S3 in the "
+        "environment (AWS_ENDPOINT_URL + credentials); idempotent, for a cluster's object store",
+    )
+    p.set_defaults(func=_buckets)

@@ -104,6 +104,32 @@ def s3_client() -> Any:
         )
 
 
+def ensure_buckets(buckets: Sequence[str], client: Any = None) -> list[str]:
+    """Create the buckets that do not exist yet (idempotent); returns the ones created.
+
+    `client` defaults to the environment's S3 (`s3_client()`): the local stack, or a cluster's SeaweedFS
+    from the `retina-buckets` Job (infra/k8s/kubeflow).
+    """
+    from botocore.exceptions import ClientError
+
+    client = client or s3_client()
+    try:
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    except Exception as exc:  # noqa: BLE001 - unreachable endpoint or refused credentials
+        _raise_storage(f"s3://{buckets[0] if buckets else ''}", exc)
+    created = []
+    for bucket in buckets:
+        if bucket in existing:
+            continue
+        try:
+            client.create_bucket(Bucket=bucket)
+            created.append(bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                raise StorageError(f"cannot create bucket {bucket!r}: {exc.response.get('Error', {}).get('Code')}") from exc
+    return created
+
+
 def _raise_storage(uri: str, exc: Exception) -> None:
     from botocore.exceptions import ClientError
 

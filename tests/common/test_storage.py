@@ -182,3 +182,18 @@ def test_failed_publish_leaves_nothing_visible(root, tmp_path, monkeypatch, fail
         assert sorted(os.listdir(root)) == ["neighbour.txt"]
     else:
         assert storage._list_all(root) == [storage.join(root, "neighbour.txt")]
+
+
+@pytest.mark.stack
+def test_ensure_buckets_creates_only_what_is_missing(stack, capsys):
+    from components.cli import main
+
+    fresh = f"retina-test-{uuid.uuid4().hex[:8]}"
+    assert storage.ensure_buckets(["raw", fresh]) == [fresh]
+    assert storage.ensure_buckets(["raw", fresh]) == []
+    storage.write_bytes(f"s3://{fresh}/x", b"1")
+    assert storage.read_bytes(f"s3://{fresh}/x") == b"1"
+    assert main(["stack", "buckets"]) == 0  # what the cluster's retina-buckets Job runs
+    out = capsys.readouterr().out
+    assert "pipeline-root" in out and "buckets ready on http://127.0.0.1:" in out
+    assert stack.env["AWS_SECRET_ACCESS_KEY"] not in out

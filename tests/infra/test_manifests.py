@@ -108,3 +108,33 @@ def test_renderer_rejects_dangling_resource_paths(tmp_path: Path, kustomize) -> 
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
     with pytest.raises(kustomize.Error, match="missing.yaml"):
         kustomize.render(tmp_path)
+
+
+def test_install_creates_the_buckets_it_points_at(kustomize) -> None:
+    """The pipeline root, MLflow's artifacts and the serving repository live in buckets a Job creates."""
+    from components.common.config import BUCKETS
+    from components.common.images import PROJECT_IMAGE
+    from pipelines.k8s import S3_SECRET
+
+    rendered = kustomize.render(K8S)
+    job = rendered.find("Job", "retina-buckets")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == PROJECT_IMAGE
+    assert container["command"] == ["retina", "stack", "buckets"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert {r["name"] for r in refs.values()} == {S3_SECRET.name}
+    assert set(refs) == set(S3_SECRET.key_to_env)
+    assert all("value" not in e for e in container["env"])  # credentials by reference only
+    launcher = rendered.find("ConfigMap", "kfp-launcher")
+    config = rendered.find("ConfigMap", "retina-s3-config")["data"]
+    used = {launcher["data"]["defaultPipelineRoot"], config["MLFLOW_ARTIFACTS_DESTINATION"], f"s3://{config['MODELS_BUCKET']}"}
+    for uri in used:
+        assert uri.removeprefix("s3://").split("/")[0] in BUCKETS, uri
+
+
+def test_mlflow_secret_documents_every_key_the_pipelines_read() -> None:
+    from pipelines.k8s import MLFLOW_SECRET
+
+    text = (K8S / "secrets" / "mlflow-secret.yaml").read_text()
+    for key in MLFLOW_SECRET.key_to_env:
+        assert key in text, f"key {key} of Secret {MLFLOW_SECRET.name} is not documented"
