@@ -259,6 +259,13 @@ def _probabilities(result: Any) -> list[float] | None:
     return list(arr.reshape(arr.shape[0], -1)[0]) if arr.ndim >= 1 and arr.size else None
 
 
+def _references(entry: Any, version: int) -> bool:
+    """Whether a models.config entry names `version`: by label or in its specific-version list."""
+    if entry is None:
+        return False
+    return version in entry.labels.values() or version in (entry.versions or [])
+
+
 # --------------------------------------------------------------------------- the step
 def deploy_model(
     model_name: str,
@@ -292,7 +299,8 @@ def deploy_model(
     with tempfile.TemporaryDirectory(prefix="retina-deploy-") as tmp:
         model_dir = download_model_dir(model_name, str(serving_version), tmp, tracking_uri)
         num_classes = _num_classes(model_dir)
-        if is_version_present(version_uri):
+        published_now = not is_version_present(version_uri)
+        if not published_now:
             log.info("%s already holds a complete SavedModel; reusing it", version_uri)
         else:
             log.info("exporting SavedModel (serving_default + predict_image) and publishing it")
@@ -315,7 +323,9 @@ def deploy_model(
         check_canary(server_address, model_name, serving_version, num_classes, canary_timeout_s)
     except CanaryFailed:
         _write_entry(config_uri, entries, model_name, previous_entry)
-        if serving_version != stable:
+        # Remove only what this call published, and never a version the restored entry still serves or labels
+        # (a staged canary re-checked, a kept older version redeployed as a rollback).
+        if published_now and not _references(previous_entry, serving_version):
             storage.delete(version_uri)
         log.warning("canary failed: restored the previous models.config entry for %s", model_name)
         raise

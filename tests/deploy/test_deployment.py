@@ -199,6 +199,8 @@ def test_canary_never_available_fails_with_the_reason(stack, register_version, m
             deploy_model(model_name, base, version=v1, server_address=other.address, canary_timeout_s=3)
         # the failed check restored the previous entry (the staged canary), and v1 was not stable before
         assert _config(base)[model_name].labels == {"canary": 1}
+        # ... and the restored entry's canary still has its files: the failed re-check removed nothing
+        assert (Path(base) / model_name / v1 / "saved_model.pb").exists()
     finally:
         other.stop()
 
