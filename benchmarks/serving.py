@@ -54,8 +54,10 @@ def load_test(address: str, model: str, image: np.ndarray, clients: int, seconds
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
-    start = threading.Barrier(clients + 1)
     deadline = [0.0]
+    # The clock starts when every client is connected and warm: the barrier's action sets the deadline
+    # before any thread is released.
+    start = threading.Barrier(clients + 1, action=lambda: deadline.__setitem__(0, time.perf_counter() + seconds))
 
     def worker(i: int) -> None:
         with ServingClient(address) as client:
@@ -73,7 +75,6 @@ def load_test(address: str, model: str, image: np.ndarray, clients: int, seconds
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
-    deadline[0] = time.perf_counter() + seconds + 0.05
     start.wait()
     t0 = time.perf_counter()
     for t in threads:
@@ -171,7 +172,8 @@ def main() -> None:
     for label, r in (("batching off", off), ("batching on", on)):
         print(f"  {label:13s} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
               f"({r['requests']} requests, {r['errors']} errors)")
-    print(f"  batching on / off: {on['rps'] / off['rps']:5.2f}x requests/s")
+    ratio = on["rps"] / off["rps"] if off["rps"] else float("nan")
+    print(f"  batching on / off: {ratio:5.2f}x requests/s")
 
 
 if __name__ == "__main__":

@@ -86,22 +86,28 @@ class Batcher:
         self._timeout = timeout_s
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
+        self._lock = threading.Lock()  # a request is queued before the stop markers, or not at all
         self._threads = [threading.Thread(target=self._work, daemon=True, name="retina-batcher") for _ in
                          range(num_threads)]
         for t in self._threads:
             t.start()
 
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._closed:  # a request that resolved this version just before it was unloaded
-            return self._run(inputs)
         done: futures.Future = futures.Future()
-        self._queue.put((inputs, done))
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._queue.put((inputs, done))
+        if closed:  # a request that resolved this version just before it was unloaded: run it unbatched
+            return self._run(inputs)
         return done.result()
 
     def close(self) -> None:
-        self._closed = True
-        for _ in self._threads:
-            self._queue.put(None)
+        """Stop the workers once every request queued so far has run (a swap never fails one in flight)."""
+        with self._lock:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
 
     @staticmethod
     def _key(inputs: dict[str, np.ndarray]) -> tuple:
@@ -112,7 +118,8 @@ class Batcher:
         while True:
             item = pending.pop(0) if pending else self._queue.get()
             if item is None:
-                self._fail_all(pending)
+                for held in pending:  # taken off the queue before the stop marker: still answered
+                    self._run_batch([held])
                 return
             batch = [item]
             rows = _rows(item[0])
@@ -151,12 +158,6 @@ class Batcher:
             n = _rows(inputs)
             done.set_result({k: v[start:start + n] for k, v in outputs.items()})
             start += n
-
-    @staticmethod
-    def _fail_all(pending: list) -> None:
-        for item in pending:
-            if item is not None:
-                item[1].set_exception(ServingStatus("UNAVAILABLE", "model version was unloaded"))
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:

@@ -89,6 +89,25 @@ def test_model_status_reports_available_version(server):
     assert all(s.status.error_code == 0 for s in response.model_version_status)
 
 
+@pytest.mark.parametrize(("name", "version"), [("retina-nothing", None), (MODEL_NAME, 99)], ids=["model", "version"])
+def test_status_and_metadata_of_unknown_model_or_version_are_not_found(server, name, version):
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+    predict, models = _stubs(server.address)
+    status = get_model_status_pb2.GetModelStatusRequest()
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.metadata_field.append("signature_def")
+    for request in (status, metadata):
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+    for call, request in ((models.GetModelStatus, status), (predict.GetModelMetadata, metadata)):
+        with pytest.raises(grpc.RpcError) as failure:
+            call(request, timeout=30)
+        assert failure.value.code() == grpc.StatusCode.NOT_FOUND, failure.value.details()
+        assert (name if version is None else str(version)) in failure.value.details()
+
+
 def test_classify_on_classify_signature_and_refusal_elsewhere(server):
     from tensorflow_serving.apis import classification_pb2
 
@@ -147,14 +166,18 @@ def test_malformed_requests_get_tf_serving_status_codes(server, case, code):
     assert failure.value.details()
 
 
-def test_new_version_swapped_in_under_load_without_failures(tmp_path, export_cache):
-    """8 client threads hammer the server while version 2 is dropped in: no request fails, v2 wins."""
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batching"])
+def test_new_version_swapped_in_under_load_without_failures(tmp_path, export_cache, batching):
+    """8 client threads hammer the server while version 2 is dropped in: no request fails, v2 wins.
+
+    With server-side batching the old version's batcher is closed mid-stream: requests queued on it
+    must still be answered."""
     from serving.client import ServingClient
     from serving.server import start_server
 
     install_version(export_cache, tmp_path, 1)
     running = start_server(model_base_path=str(tmp_path / MODEL_NAME), model_name=MODEL_NAME, port=0,
-                           poll_interval_s=0.2, max_batch_size=8)
+                           poll_interval_s=0.2, max_batch_size=8, enable_batching=batching)
     images = np.random.default_rng(1).random((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     failures: list[str] = []
     versions_seen: list[int] = []
@@ -183,6 +206,7 @@ def test_new_version_swapped_in_under_load_without_failures(tmp_path, export_cac
         for t in threads:
             t.join(timeout=60)
     try:
+        assert not any(t.is_alive() for t in threads), "a request never got an answer"
         assert not failures, failures[:3]
         assert 1 in versions_seen and versions_seen[-1] == 2
         with ServingClient(running.address) as client:
