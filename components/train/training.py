@@ -70,24 +70,41 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- distribution
-def tf_config_workers() -> int:
-    """Number of workers (chief included) that `TF_CONFIG` describes; 0 when it is unset."""
+def tf_config() -> dict[str, Any]:
+    """`TF_CONFIG` as a dict (`{}` when unset), as the Kubeflow Training Operator sets it on each worker."""
+    text = os.environ.get("TF_CONFIG") or "{}"
     try:
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        parsed = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RetinaError(f"TF_CONFIG is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise RetinaError(f"TF_CONFIG must be a JSON object with 'cluster' and 'task', got {type(parsed).__name__}")
+    return parsed
+
+
+def tf_config_workers() -> int:
+    """Number of workers (chief included) that `TF_CONFIG` describes; 0 when it is unset."""
+    cluster = tf_config().get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
 def is_chief() -> bool:
-    """The worker that logs to MLflow and writes the model (the only one when not multi-worker)."""
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    """The worker that logs to MLflow, writes the model and the checkpoint (the only one when not
+    multi-worker): the `chief` task, or worker 0 when the cluster has no chief (TF's own rule)."""
+    config = tf_config()
+    task, cluster = config.get("task", {}), config.get("cluster", {})
     if not task:
         return True
     if task.get("type") == "chief":
         return True
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not cluster.get("chief")
+
+
+def mixed_precision_wanted() -> bool:
+    """float16 compute with float32 variables pays off on GPUs (tensor cores); on CPU it only slows down."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def choose_strategy() -> Any:
@@ -178,16 +195,29 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     return PreparedData(manifest, class_names, image_size, train_shards, val_shards, train_scan, val_scan)
 
 
-def _stage_checkpoint(checkpoint_uri: str | None) -> tuple[Path | None, bool]:
-    """Local BackupAndRestore folder (downloaded from S3 when a previous attempt left one) and is-remote."""
+@dataclass
+class StagedCheckpoint:
+    local: Path  # the folder BackupAndRestore reads and writes (its `backup/` sub-folder)
+    sync_to: str | None  # URI the chief uploads it to after every epoch (S3), None when local is the URI
+    private: bool  # a temporary copy of this process's own, removed at the end
+
+
+def _stage_checkpoint(checkpoint_uri: str | None, chief: bool = True) -> StagedCheckpoint | None:
+    """The BackupAndRestore folder for this worker.
+
+    The chief writes the checkpoint: in place for a local path, through a local copy synced to S3
+    otherwise. Other workers of a multi-worker job resume from a private copy of the same checkpoint
+    (so every replica restarts at the same epoch) and never write back: Keras 3's BackupAndRestore has no
+    notion of a chief, and concurrent writers would corrupt a shared folder.
+    """
     if not checkpoint_uri:
-        return None, False
-    if not storage.is_s3(checkpoint_uri):
-        return Path(checkpoint_uri), False
+        return None
+    if chief and not storage.is_s3(checkpoint_uri):
+        return StagedCheckpoint(Path(checkpoint_uri), None, private=False)
     local = Path(tempfile.mkdtemp(prefix="retina-ckpt-"))
     if storage.exists(checkpoint_uri):
         storage.download_dir(checkpoint_uri, local)
-    return local, True
+    return StagedCheckpoint(local, str(checkpoint_uri) if chief else None, private=True)
 
 
 def collect_predictions(model: Any, dataset: Any) -> tuple[Any, Any]:
@@ -239,16 +269,15 @@ def train(config: TrainConfig, progress: Callable[[str], None] | None = None) ->
 def _train_in_run(config: TrainConfig, prepared: PreparedData, run_id: str, chief: bool,
                   progress: Callable[[str], None]) -> TrainResult:
     import keras
-    import tensorflow as tf
 
     from components.evaluate.metrics import optimise_thresholds
     from components.train.models import build_model
 
     keras.utils.set_random_seed(config.seed)
     strategy = choose_strategy()
-    gpus = tf.config.list_physical_devices("GPU")
+    mixed = mixed_precision_wanted()
     previous_policy = keras.mixed_precision.global_policy().name
-    if gpus:
+    if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     regression = config.head == "regression"
     num_classes = len(prepared.class_names)
@@ -264,7 +293,7 @@ def _train_in_run(config: TrainConfig, prepared: PreparedData, run_id: str, chie
             "learning_rate": config.learning_rate, "head": config.head, "width": config.width,
             "seed": config.seed, "data_uri": config.data_uri, "patience": config.patience,
             "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
-            "mixed_precision": bool(gpus), "train_records": prepared.train_scan.count,
+            "mixed_precision": mixed, "train_records": prepared.train_scan.count,
             "val_records": prepared.val_scan.count if prepared.val_scan else 0,
             "class_weights": json.dumps([round(w, 4) for w in weights]) if weights else "none",
             "class_names": json.dumps(prepared.class_names), "code_version": code_version(),
@@ -298,12 +327,12 @@ def _train_in_run(config: TrainConfig, prepared: PreparedData, run_id: str, chie
             EpochProgress(config.epochs, progress),
             keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True),
         ]
-        ckpt_local, ckpt_remote = _stage_checkpoint(config.checkpoint_uri)
-        if ckpt_local is not None:
+        ckpt = _stage_checkpoint(config.checkpoint_uri, chief)
+        if ckpt is not None:
             # A sub-folder: BackupAndRestore deletes its folder after a successful fit.
-            callbacks.append(keras.callbacks.BackupAndRestore(str(ckpt_local / "backup"), save_freq="epoch"))
-            if ckpt_remote:
-                callbacks.append(SyncCheckpoint(ckpt_local, str(config.checkpoint_uri)))
+            callbacks.append(keras.callbacks.BackupAndRestore(str(ckpt.local / "backup"), save_freq="epoch"))
+            if ckpt.sync_to:
+                callbacks.append(SyncCheckpoint(ckpt.local, ckpt.sync_to))
         if run_id:
             callbacks.append(MlflowEpochMetrics(run_id))
         callbacks.extend(config.callbacks)
@@ -336,11 +365,11 @@ def _train_in_run(config: TrainConfig, prepared: PreparedData, run_id: str, chie
         preprocessing=dict(prepared.manifest.get("parameters") or {}), code_version=code_version(), run_id=run_id,
     )
     model_uri = _save_outputs(model, info, config, run_id, chief)
-    if ckpt_remote and chief:
+    if ckpt is not None and ckpt.sync_to:
         # the run is done; a later run must not resume it
-        storage.delete(storage.join(str(config.checkpoint_uri), "backup"))
-    if ckpt_remote and ckpt_local is not None:
-        shutil.rmtree(ckpt_local, ignore_errors=True)
+        storage.delete(storage.join(ckpt.sync_to, "backup"))
+    if ckpt is not None and ckpt.private:
+        shutil.rmtree(ckpt.local, ignore_errors=True)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return TrainResult(run_id, model_uri, info, hist, initial_epoch, len(epochs_seen))
 

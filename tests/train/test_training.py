@@ -90,3 +90,41 @@ def test_train_cli_prints_epochs_and_reports_bad_input(tiny_oct_data, tmp_path, 
     assert rc == 0 and "epoch 1/2" in printed and "epoch 2/2" in printed and f"model_uri {out}" in printed
     rc = main(["train", "--modality", "oct", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--no-mlflow"])
     assert rc == 2 and "manifest.json" in capsys.readouterr().err
+
+
+@pytest.mark.stack
+def test_checkpoint_on_s3_resumes_after_preemption(stack, tiny_oct_data, tmp_path):
+    """The cluster case: the checkpoint lives in the object store, the retried pod starts on a fresh disk."""
+    import uuid
+
+    from components.common import storage
+    from components.train.training import train
+
+    ckpt = f"s3://models/_checkpoints/test-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="preemption"):
+        train(_config(tiny_oct_data, out, checkpoint_uri=ckpt, callbacks=[_stop_after(2)]))
+    assert json.loads(storage.read_text(f"{ckpt}/backup/training_metadata.json"))["epoch"] == 2
+
+    result = train(_config(tiny_oct_data, out, checkpoint_uri=ckpt))
+    assert result.initial_epoch == 2 and result.epochs_run == 2
+    assert not storage.exists(f"{ckpt}/backup/training_metadata.json")  # a finished run is not resumed again
+
+
+def test_mixed_precision_path_trains_and_restores_the_policy(tiny_oct_data, tmp_path, monkeypatch):
+    """What a GPU node runs (float16 compute, float32 variables and head), exercised here on the CPU."""
+    import keras
+    import numpy as np
+
+    from components.common.model_store import load_model
+    from components.train import training
+
+    monkeypatch.setattr(training, "mixed_precision_wanted", lambda: True)
+    out = tmp_path / "model"
+    result = training.train(_config(tiny_oct_data, out, epochs=1))
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
+    assert np.isfinite(result.history["loss"]).all()
+    model, _ = load_model(str(out))
+    policies = {layer.dtype_policy.name for layer in model.layers if layer.weights}
+    assert "mixed_float16" in policies
+    assert model.output.dtype == "float32"  # the softmax head stays float32 for stable probabilities
