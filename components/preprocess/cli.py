@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1, help="ignored for Kermany (its test split is kept)")
     p.add_argument("--seed", type=int, default=0, help="patient split seed")
     p.add_argument("--images-per-shard", type=int, default=1000)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other preprocessing parameter, repeatable: radius, sigma_ratio, image_weight, "
+                   "blur_weight, offset, rim_fraction, decode_oversample, denoise, square_mode, ...")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=_run, beam_args=[])
 
@@ -55,7 +58,15 @@ def _run(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"[preprocess] {line}", file=sys.stderr, flush=True)
 
-    params = PreprocessParams(modality=args.modality, image_size=args.image_size)
+    from components.common.errors import RetinaError
+
+    overrides = {}
+    for pair in args.param:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise RetinaError(f"--param {pair!r}: expected NAME=VALUE")
+        overrides[name.strip()] = value
+    params = PreprocessParams.with_overrides(args.modality, args.image_size, overrides)
     manifest = run_preprocess(
         args.modality, args.input, args.output, params, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, beam_args=args.beam_args,

@@ -23,13 +23,16 @@ def preprocess(
     test_fraction: float = 0.1,
     seed: int = 0,
     beam_args: str = "",
+    params: str = "",
 ) -> NamedTuple("PreprocessOutputs", [("data_uri", str), ("num_images", int), ("num_rejected", int)]):
-    """Decode and normalise the raw images at `input_uri` into TFRecord shards at `output_uri` (Beam)."""
+    """Decode and normalise the raw images at `input_uri` into TFRecord shards at `output_uri` (Beam).
+
+    `params`: a JSON object of further preprocessing parameters, e.g. `{"sigma_ratio": 0.05}`."""
     from components.preprocess.pipeline import preprocess_to_artifact
 
     manifest = preprocess_to_artifact(
         modality, input_uri, output_uri, dataset.path, image_size=image_size, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed, beam_args=beam_args,
+        test_fraction=test_fraction, seed=seed, beam_args=beam_args, params=params,
     )
     # the artifact's file is the manifest; the shards themselves live at output_uri
     dataset.metadata.update(manifest["artifact_metadata"])

@@ -112,6 +112,28 @@ class PreprocessParams:
         return dataclasses.asdict(self)
 
     @classmethod
+    def with_overrides(cls, modality: str, image_size: int, overrides: dict[str, Any] | None = None) -> PreprocessParams:
+        """Parameters a user sets by name (`retina preprocess --param sigma_ratio=0.05`, the component's
+        `params` JSON). Strings are converted to each field's type; an unknown name or a bad value is a
+        one-line error naming it (unlike `from_dict`, which reads manifests and tolerates newer keys)."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("modality", "image_size")}
+        values: dict[str, Any] = {}
+        for name, raw in (overrides or {}).items():
+            if name in ("modality", "image_size"):
+                raise RetinaError(f"preprocessing parameter {name!r} has its own option; do not set it in params")
+            if name not in fields:
+                raise RetinaError(f"unknown preprocessing parameter {name!r}; known: {', '.join(sorted(fields))}")
+            default = fields[name].default
+            try:
+                values[name] = _convert(raw, default, name)
+            except (TypeError, ValueError) as exc:
+                raise RetinaError(f"preprocessing parameter {name}={raw!r}: {exc}") from None
+        try:
+            return cls(modality=modality, image_size=int(image_size), **values)
+        except ValueError as exc:
+            raise RetinaError(f"preprocessing parameters rejected: {exc}") from None
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
         """Unknown keys (written by a newer version) are ignored with a warning, so old code reads new manifests."""
         known = {f.name for f in dataclasses.fields(cls)}
@@ -119,6 +141,26 @@ class PreprocessParams:
         if unknown:
             log.warning("ignoring unknown preprocessing parameters: %s", ", ".join(unknown))
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _convert(raw: Any, default: Any, name: str) -> Any:
+    """A user's value (often a string from a command line) as the type of the field's default."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    if default is None:  # radius: an int, or none for "half the output size"
+        return None if text.lower() in ("", "none", "null") else int(text)
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
 
 
 class Preprocessed(NamedTuple):

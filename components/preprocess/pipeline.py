@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +163,10 @@ def _make_dofn(params_dict: dict[str, Any]) -> Any:
             self._params_dict = params
             self.ok = beam.metrics.Metrics.counter("preprocess", "images_written")
             self.bad = beam.metrics.Metrics.counter("preprocess", "images_rejected")
+            # When the workers started and finished images (ms since the epoch): the span between the
+            # first start and the last finish is the processing time, without the runner's start-up.
+            self.started = beam.metrics.Metrics.distribution("preprocess", "image_started_ms")
+            self.finished = beam.metrics.Metrics.distribution("preprocess", "image_finished_ms")
 
         def setup(self) -> None:
             self.params = PreprocessParams.from_dict(self._params_dict)
@@ -171,18 +176,22 @@ def _make_dofn(params_dict: dict[str, Any]) -> Any:
             self.seen += 1
             if self.seen % 100 == 0:
                 log.info("worker preprocessed %d images", self.seen)
+            self.started.update(int(time.time() * 1000))
             try:
                 result = preprocess_record(item, self.params)
             except ImageRejected as exc:
+                self.finished.update(int(time.time() * 1000))
                 self.bad.inc()
                 yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "reason": exc.reason,
                                                           "uri": item["uri"]})
                 return
             except Exception as exc:  # noqa: BLE001 - bad input never stops the run
+                self.finished.update(int(time.time() * 1000))
                 self.bad.inc()
                 yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "uri": item["uri"],
                                                           "reason": f"preprocessing failed ({type(exc).__name__}: {exc})"})
                 return
+            self.finished.update(int(time.time() * 1000))
             self.ok.inc()
             yield result
 
@@ -269,6 +278,50 @@ def _read_side_file(uri: str) -> list[Any]:
     return [row for row in rows if row != _SENTINEL]
 
 
+def _processing_time(pipeline: Any, num_items: int) -> dict[str, float]:
+    """Seconds from the first image started to the last finished in the workers (runner start-up and
+    shard writing excluded), from Beam's distribution metrics; empty where the runner reports none."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        metrics = pipeline.result.metrics().query(MetricsFilter().with_namespace("preprocess"))
+        by_name = {m.key.metric.name: m.committed or m.attempted for m in metrics["distributions"]}
+        first, last = by_name["image_started_ms"].min, by_name["image_finished_ms"].max
+    except Exception:  # noqa: BLE001 - metrics are best effort: some runners do not report distributions
+        return {}
+    if first is None or last is None or num_items == 0:
+        return {}
+    seconds = max((last - first) / 1000.0, 1e-3)
+    return {"processing_seconds": round(seconds, 3), "images_per_second": round(num_items / seconds, 2)}
+
+
+def local_runner_args(beam_args: Sequence[str] | None) -> list[str]:
+    """Beam arguments with the local runner made explicit: no `--runner`, or `--runner=DirectRunner`, becomes
+    the FnApiRunner. Beam's DirectRunner first downloads Prism (a Go binary fetched at run time, which
+    fails offline and ignores --direct_num_workers) and then falls back to the FnApiRunner anyway; asking
+    for it directly runs the same engine with no network access. Every other runner and flag is untouched.
+    """
+    args = list(beam_args or [])
+    out: list[str] = []
+    runner_given = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--runner" and i + 1 < len(args):
+            arg, i = f"--runner={args[i + 1]}", i + 1
+        if arg.startswith("--runner="):
+            runner_given = True
+            name = arg.split("=", 1)[1]
+            if name.lower() in ("directrunner", "direct"):
+                log.info("--runner=%s: using Beam's FnApiRunner (what DirectRunner runs offline)", name)
+                arg = f"--runner={DEFAULT_RUNNER}"
+        out.append(arg)
+        i += 1
+    if not runner_given:
+        out.append(f"--runner={DEFAULT_RUNNER}")
+    return out
+
+
 def run_preprocess(
     modality: str,
     input_uri: str,
@@ -312,16 +365,14 @@ def run_preprocess(
     shards = {s: max(1, math.ceil(planned[s] / images_per_shard)) for s in SPLITS if planned[s]}
 
     _clear_previous(output_uri)
-    beam_args = list(beam_args or [])
-    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
-        # Beam's DirectRunner first tries Prism (a binary fetched at run time that ignores
-        # --direct_num_workers); its in-process engine, the FnApiRunner, runs offline and honours it.
-        beam_args.append(f"--runner={DEFAULT_RUNNER}")
+    beam_args = local_runner_args(beam_args)
     options = PipelineOptions(beam_args)
     runner = options.get_all_options().get("runner")
     say(f"running Beam ({runner}) on {len(items)} images")
+    wall_start = time.perf_counter()
     with beam.Pipeline(options=options) as pipeline:
         _build_pipeline(pipeline, items, listing_rejects, params, output_uri, shards)
+    timing = {"wall_seconds": round(time.perf_counter() - wall_start, 3), **_processing_time(pipeline, len(items))}
 
     per_split: dict[str, Counter] = defaultdict(Counter)
     for key, n in _read_side_file(storage.join(output_uri, f"{_COUNTS}.jsonl")):
@@ -355,11 +406,13 @@ def run_preprocess(
         "input_uri": str(input_uri),
         "split_rule": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction},
         "runner": runner,
+        "timing": timing,
     }
     storage.write_json(storage.join(output_uri, MANIFEST), manifest)
     written = ", ".join(f"{name} {info['count']}" for name, info in splits.items())
+    rate = f", {timing['images_per_second']:.1f} images/s in the workers" if timing.get("images_per_second") else ""
     say(f"wrote {manifest['num_images']} images ({written}), "
-        f"{len(rejected)} rejected -> {output_uri}")
+        f"{len(rejected)} rejected -> {output_uri} ({timing['wall_seconds']:.1f} s{rate})")
     return manifest
 
 
@@ -373,14 +426,23 @@ def preprocess_to_artifact(
     test_fraction: float = 0.1,
     seed: int = 0,
     beam_args: str = "",
+    params: str = "",
 ) -> dict[str, Any]:
     """What the KFP component does: run the pipeline, copy the manifest into the Dataset artifact's file,
-    and return the manifest with `artifact_metadata` (the counts KFP shows on the artifact)."""
+    and return the manifest with `artifact_metadata` (the counts KFP shows on the artifact).
+
+    `params` is a JSON object of further `PreprocessParams` (`{"sigma_ratio": 0.05, "denoise": "nlm"}`)."""
     import shlex
     from pathlib import Path
 
-    params = PreprocessParams(modality=modality, image_size=image_size)
-    manifest = run_preprocess(modality, input_uri, output_uri, params, val_fraction=val_fraction,
+    try:
+        overrides = json.loads(params) if params.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise RetinaError(f"params is not a JSON object: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise RetinaError(f"params must be a JSON object of preprocessing parameters, got {params!r}")
+    settings = PreprocessParams.with_overrides(modality, image_size, overrides)
+    manifest = run_preprocess(modality, input_uri, output_uri, settings, val_fraction=val_fraction,
                               test_fraction=test_fraction, seed=seed, beam_args=shlex.split(beam_args or ""))
     path = Path(artifact_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -396,4 +458,6 @@ def preprocess_to_artifact(
     }
     for split, info in manifest["splits"].items():
         metadata[f"{split}_count"] = info["count"]
+        for name, n in info["per_class"].items():
+            metadata[f"{split}_{name}_count"] = n
     return {**manifest, "artifact_metadata": metadata}

@@ -24,6 +24,25 @@ def test_component_python_func_writes_manifest_into_the_artifact(fundus_raw, tmp
     assert manifest["num_images"] == 10
     assert dataset.metadata["num_images"] == 10 and dataset.metadata["rejected_count"] == 0
     assert sum(dataset.metadata[f"{s}_count"] for s in manifest["splits"]) == 10
+    for split, info in manifest["splits"].items():  # per-class counts shown on the artifact in the KFP UI
+        for name, n in info["per_class"].items():
+            assert dataset.metadata[f"{split}_{name}_count"] == n
+
+
+def test_component_takes_further_parameters_as_json(fundus_raw, tmp_path):
+    from kfp.dsl import Dataset
+
+    from components.common.errors import RetinaError
+    from components.preprocess.component import preprocess
+
+    dataset = Dataset(uri=str(tmp_path / "artifact" / "dataset"))
+    preprocess.python_func(modality="fundus", input_uri=str(fundus_raw), output_uri=str(tmp_path / "data"),
+                           dataset=dataset, image_size=32, params='{"sigma_ratio": 0.05, "rim_fraction": 0.8}')
+    manifest = json.loads(open(dataset.path).read())
+    assert manifest["parameters"]["sigma_ratio"] == 0.05 and manifest["parameters"]["rim_fraction"] == 0.8
+    with pytest.raises(RetinaError, match="unknown preprocessing parameter 'sigma'"):
+        preprocess.python_func(modality="fundus", input_uri=str(fundus_raw), output_uri=str(tmp_path / "d2"),
+                               dataset=dataset, image_size=32, params='{"sigma": 3}')
 
 
 @pytest.mark.slow

@@ -88,3 +88,30 @@ def test_huge_image_is_rejected_from_its_header():
     bomb += chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
     with pytest.raises(ImageRejected, match="too large"):
         decode_image(bomb, "bomb")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["real", "synthetic-grade-1", "synthetic-grade-4"])
+def test_default_512px_output_on_eyepacs_sized_frames_matches_the_reference(source, retina_rgb, encode):
+    """The issue's bound at the default size, on 3888x2592 JPEGs: PSNR >= 35 dB against Graham's steps on
+    the full decode, over the frame and inside the retina (synthetic photos are the harder case: sharp
+    vessels and small lesions)."""
+    from components.common.synthetic import render_fundus
+
+    if source == "real":
+        frame = np.zeros((2592, 3888, 3), np.uint8)
+        frame[:, 648:3240] = cv2.resize(retina_rgb, (2592, 2592), interpolation=cv2.INTER_CUBIC)
+    else:  # the generator draws a whole photo (retina on a wider black frame), as a camera does
+        grade = int(source.rsplit("-", 1)[1])
+        photo = render_fundus(grade, np.random.default_rng(grade), size=2592)[0]
+        frame = cv2.resize(photo, (3888, 2592), interpolation=cv2.INTER_CUBIC) if photo.shape[:2] != (2592, 3888) \
+            else photo
+    data = encode.jpeg(frame)
+    params = PreprocessParams()  # image_size 512, the defaults
+    reduced = decode_image(data, source, target_size=params.image_size, margin=params.decode_oversample)
+    assert reduced.shape[0] < 2592  # a DCT-reduced decode was used
+    ours = preprocess_image(reduced, params).image
+    reference = reference_fundus(decode_image(data, source), params)
+    assert ours.shape == (512, 512, 3)
+    assert psnr(ours, reference) >= 35
+    assert psnr(ours, reference, circle_mask(512, 0.9 * 256)) >= 35

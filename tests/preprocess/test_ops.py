@@ -164,3 +164,26 @@ def test_oct_square_modes_and_mask():
 def test_blank_oct_is_rejected():
     with pytest.raises(NoRetinaFound, match="blank"):
         preprocess_image(np.full((64, 64), 90, np.uint8), PreprocessParams(modality="oct", image_size=32))
+
+
+def test_every_parameter_can_be_set_by_name_from_strings():
+    params = PreprocessParams.with_overrides("fundus", 256, {"sigma_ratio": "0.05", "radius": "200",
+                                                             "reduced_decode": "false", "rim_fraction": 0.85})
+    assert (params.sigma_ratio, params.radius, params.reduced_decode, params.rim_fraction) == (0.05, 200, False, 0.85)
+    assert params.image_size == 256 and params.sigma == pytest.approx(10.0)
+    oct_params = PreprocessParams.with_overrides("oct", 64, {"denoise": "nlm", "radius": "none"})
+    assert oct_params.denoise == "nlm" and oct_params.radius is None
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"sigma": "3"}, "unknown preprocessing parameter 'sigma'"),
+    ({"sigma_ratio": "wide"}, "sigma_ratio='wide'"),
+    ({"reduced_decode": "maybe"}, "expected true or false"),
+    ({"rim_fraction": "1.5"}, r"rim_fraction must be in \(0, 1\]"),
+    ({"image_size": "64"}, "has its own option"),
+])
+def test_bad_parameter_overrides_name_the_problem(overrides, problem):
+    from components.common.errors import RetinaError
+
+    with pytest.raises(RetinaError, match=problem):
+        PreprocessParams.with_overrides("fundus", 128, overrides)

@@ -223,3 +223,36 @@ def test_cli_passes_unknown_options_to_beam(fundus_raw, tmp_path, capsys):
     assert (out / "manifest.json").exists()
     bad = main(["preprocess", "--modality", "fundus", "--input", str(tmp_path / "missing"), "--output", str(out)])
     assert bad == 2
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ([], ["--runner=FnApiRunner"]),
+    (["--direct_num_workers=2"], ["--direct_num_workers=2", "--runner=FnApiRunner"]),
+    (["--runner=DirectRunner", "--direct_num_workers=2"], ["--runner=FnApiRunner", "--direct_num_workers=2"]),
+    (["--runner", "DirectRunner"], ["--runner=FnApiRunner"]),
+    (["--runner=FlinkRunner", "--flink_master=flink:8081"], ["--runner=FlinkRunner", "--flink_master=flink:8081"]),
+    (["--runner", "DataflowRunner", "--project=p"], ["--runner=DataflowRunner", "--project=p"]),
+])
+def test_local_runner_never_fetches_prism_and_other_runners_pass_through(given, expected):
+    from components.preprocess.pipeline import local_runner_args
+
+    assert local_runner_args(given) == expected
+
+
+def test_cli_direct_runner_multi_processing_and_named_parameters(fundus_raw, tmp_path, capsys):
+    """`--runner=DirectRunner` with two worker processes runs offline; `--param` sets any parameter."""
+    from components.cli import main
+
+    out = tmp_path / "mp-out"
+    rc = main(["preprocess", "--modality", "fundus", "--input", str(fundus_raw), "--output", str(out),
+               "--image-size", "32", "--param", "sigma_ratio=0.05", "--param", "rim_fraction=0.8",
+               "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+               "--json"])
+    assert rc == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["num_images"] == 10 and manifest["runner"] == "FnApiRunner"
+    assert manifest["parameters"]["sigma_ratio"] == 0.05 and manifest["parameters"]["rim_fraction"] == 0.8
+    timing = manifest["timing"]  # the worker processes' Beam metrics came back to the driver
+    assert 0 < timing["processing_seconds"] <= timing["wall_seconds"] and timing["images_per_second"] > 0
+    assert main(["preprocess", "--modality", "fundus", "--input", str(fundus_raw), "--output", str(out),
+                 "--param", "rim_fraction"]) == 2
