@@ -81,7 +81,7 @@ _client_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
-def _client_for(endpoint: str | None, access_key: str | None, region: str) -> Any:
+def _client_for(endpoint: str | None, access_key: str | None, secret_key: str | None, region: str) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -93,15 +93,19 @@ def _client_for(endpoint: str | None, access_key: str | None, region: str) -> An
         max_pool_connections=32,
     )
     session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
+    # Credentials from the environment (or .retina/stack.env, loaded into it), passed explicitly so a stray
+    # ~/.aws profile cannot stand in for them. Without them boto3's own chain applies (a pod's IAM role).
+    return session.client("s3", endpoint_url=endpoint, region_name=region, config=cfg,
+                          aws_access_key_id=access_key or None, aws_secret_access_key=secret_key or None)
 
 
 def s3_client() -> Any:
     """A boto3 S3 client for the endpoint and credentials in the environment (cached per endpoint/key)."""
     with _client_lock:
-        return _client_for(
-            s3_endpoint(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-        )
+        access_key, secret_key = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if bool(access_key) != bool(secret_key):
+            raise StorageError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (only one is set)")
+        return _client_for(s3_endpoint(), access_key, secret_key, os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
 def ensure_buckets(buckets: Sequence[str], client: Any = None) -> list[str]:
@@ -379,7 +383,9 @@ def local_copy(uri: str) -> Iterator[Path]:
 def swap_in_dir(staging: Path, final: Path) -> None:
     """Put the complete local folder `staging` at `final` by rename (atomic on POSIX), replacing any old one.
 
-    A reader sees the old folder or the new one, never a mix; the old one is deleted afterwards.
+    A reader sees the old folder or the new one, never a mix; the old one is deleted afterwards. Between
+    the two renames (microseconds) the path is briefly absent: a reader that finds nothing retries or waits
+    for `_SUCCESS` (`is_published`), which is how every reader here consumes a published folder.
     """
     if final.exists():
         old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
@@ -405,6 +411,11 @@ def publish_folder(local_dir: str | Path, uri: str, last: Sequence[str] = (), ov
     S3 (no rename): upload under `<parent>/_tmp/<uuid>/`, then server-side copy into place with the
     files named in `last` copied last (readers key on them), then write `_SUCCESS`, then delete the
     temporary prefix. An upload that fails leaves nothing at `uri`.
+
+    `overwrite=True` on S3 removes the old folder before the new one is copied in, so during that
+    window the folder is missing or incomplete *without* `_SUCCESS`: readers must key on `_SUCCESS`
+    (`is_published`) or on a file named in `last`. Reports and model versions are written to new
+    prefixes and never overwritten; only small index folders use `overwrite`.
     """
     local_dir = Path(local_dir)
     uri = str(uri).rstrip("/")

@@ -197,3 +197,10 @@ def test_ensure_buckets_creates_only_what_is_missing(stack, capsys):
     out = capsys.readouterr().out
     assert "pipeline-root" in out and "buckets ready on http://127.0.0.1:" in out
     assert stack.env["AWS_SECRET_ACCESS_KEY"] not in out
+
+
+def test_half_set_s3_credentials_are_refused_by_name(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "only-the-access-key")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(StorageError, match="set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        storage.s3_client()

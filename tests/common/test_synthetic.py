@@ -143,3 +143,14 @@ def test_real_samples_go_to_s3_and_decode(stack):
     micro = cv2.imdecode(np.frombuffer(storage.read_bytes(uris[1]), np.uint8), cv2.IMREAD_UNCHANGED)
     assert retina_img.shape == data.retina().shape
     assert micro.shape == data.microaneurysms().shape  # grey stays grey
+
+
+def test_samples_cli_writes_both_real_images(tmp_path, capsys):
+    from components.cli import main
+
+    out = tmp_path / "samples"
+    assert main(["data", "samples", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("retina.jpg", "microaneurysms.jpg"):
+        assert (out / name).stat().st_size > 1000 and name in printed
+    assert cv2.imdecode(np.fromfile(out / "retina.jpg", np.uint8), cv2.IMREAD_COLOR).shape[:2] == (1411, 1411)
