@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--map-selection", choices=("first", "most_active"), default="first")
     p.add_argument("--filters", type=int, default=8, help="filters per layer to visualise by activation maximisation")
     p.add_argument("--baseline", choices=("grey", "blur"), default="grey", help="deletion/insertion baseline")
+    p.add_argument("--input-range", choices=("0-1", "0-255", "-1-1"), default="0-1",
+                   help="pixel range the model expects (default 0-1, as the project's models; "
+                   "0-255 or -1-1 for a Keras file from elsewhere)")
     p.add_argument("--thresholds", default="",
                    help='faithfulness gate, e.g. "randomization_ssim<=0.5,pointing_game>=0.3" '
                    '(default: randomization_ssim<=0.5,insertion_minus_deletion>=0; "none" = no gate)')
@@ -50,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.images, args.out, methods=args.methods, max_images=args.max_images,
         run_name=args.run_name, batch_size=args.batch_size, cam_layer=args.cam_layer, layers=layers,
         maps_per_layer=args.maps_per_layer, map_selection=args.map_selection, filter_count=args.filters,
-        baseline=args.baseline, thresholds=args.thresholds,
+        baseline=args.baseline, thresholds=args.thresholds, input_range=args.input_range,
     )
     if args.json:
         print(json.dumps({"report_uri": result.report_uri, "pointing_game": result.pointing_game,

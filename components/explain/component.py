@@ -24,6 +24,7 @@ def explain(
     run_name: str = "",
     thresholds: str = "",
     fail_on_gate: bool = False,
+    input_range: str = "0-1",
 ) -> NamedTuple("ExplainOutputs", report_uri=str, pointing_game=float, gate_passed=bool):
     """Batch CAMs, feature maps, filters and faithfulness metrics; report under <reports>/<model>/<version>/<run>/.
 
@@ -31,13 +32,14 @@ def explain(
     (images inlined) for the Kubeflow UI; `summary` the Markdown metrics table. `thresholds`
     (`"randomization_ssim<=0.5,pointing_game>=0.3"`; empty = the defaults) set the faithfulness gate:
     `gate_passed` says how it went, and with `fail_on_gate` a failed gate fails the step once the
-    report is published (so the run shows red and the report says why).
+    report is published (so the run shows red and the report says why). `input_range` is the pixel range
+    a Keras file from elsewhere expects (`0-255`, `-1-1`); the project's models take `0-1`.
     """
     from components.explain.explanation import explain_images, require_gate
 
     result = explain_images(
         model_uri, images_uri, reports_uri, methods=methods, max_images=max_images, run_name=run_name,
-        thresholds=thresholds, html_path=html.path, markdown_path=summary.path, progress=False,
+        thresholds=thresholds, input_range=input_range, html_path=html.path, markdown_path=summary.path, progress=False,
     )
     if fail_on_gate:
         require_gate(result)

@@ -84,6 +84,29 @@ def load_explainable_model(model_uri: str) -> tuple[Any, Any]:
     return load_model(model_uri)
 
 
+# Pixel range a model expects -> (scale, offset) applied to [0, 1] images. The project's models take [0, 1];
+# a Keras file from elsewhere may take raw 0-255 pixels or [-1, 1].
+INPUT_RANGES: dict[str, tuple[float, float]] = {"0-1": (1.0, 0.0), "0-255": (255.0, 0.0), "-1-1": (2.0, -1.0)}
+
+
+def with_input_range(model: Any, input_range: str) -> Any:
+    """`model` behind a Rescaling layer, so the explanation code feeds [0, 1] images to every model.
+
+    Baselines (grey 0.5), perturbations and overlays all live in [0, 1]; only the model sees its own range.
+    The original model is nested unchanged: CAM surgery and feature maps reach its layers as usual.
+    """
+    if input_range not in INPUT_RANGES:
+        raise RetinaError(f"unknown input range {input_range!r}: expected one of {', '.join(INPUT_RANGES)}")
+    scale, offset = INPUT_RANGES[input_range]
+    if (scale, offset) == (1.0, 0.0):
+        return model
+    import keras
+
+    inputs = keras.Input(model.inputs[0].shape[1:], name="image_0_1")
+    scaled = keras.layers.Rescaling(scale, offset, name=f"to_{input_range.replace('-', '_')}")(inputs)
+    return keras.Model(inputs, model(scaled), name=model.name)
+
+
 def model_identity(model_uri: str, info: Any) -> tuple[str, str]:
     """(model name, version) for the report path.
 
@@ -339,6 +362,7 @@ def explain_images(
     faithfulness_steps: int = 16,
     baseline: str = "grey",
     thresholds: str | dict[str, tuple[str, float]] | None = None,
+    input_range: str = "0-1",
     html_path: str | None = None,
     markdown_path: str | None = None,
     progress: bool = True,
@@ -350,6 +374,7 @@ def explain_images(
     (default: every conv layer for maps, the last conv layer for activation maximisation).
     `thresholds` (`faithfulness.parse_thresholds` text or a dict; None = the defaults) set the
     faithfulness gate recorded in `summary.json`; `require_gate(result)` turns a failed gate into an error.
+    `input_range` is the pixel range the model expects (`with_input_range`).
     """
     from tqdm import tqdm
 
@@ -371,6 +396,7 @@ def explain_images(
     if max_images < 1:
         raise RetinaError(f"max_images must be at least 1, got {max_images}")
     model, info = load_explainable_model(model_uri)
+    model = with_input_range(model, input_range)
     image_size = int(model.inputs[0].shape[1] or info.image_size)
     class_names = list(info.class_names)
     model_name, model_version = model_identity(model_uri, info)

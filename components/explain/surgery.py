@@ -79,10 +79,16 @@ def _is_softmax_layer(op: Any) -> bool:
 
 
 def _final_layer(model: Any) -> Any:
+    """The leaf layer that produces the model's output, looking inside a nested model when the output
+    comes from one (a classifier wrapped in a preprocessing or rescaling model keeps its softmax inside)."""
     if _is_sequential(model):
-        return model.layers[-1]
-    history = getattr(model.outputs[0], "_keras_history", None)
-    return history.operation if history is not None else None
+        final = model.layers[-1]
+    else:
+        history = getattr(model.outputs[0], "_keras_history", None)
+        final = history.operation if history is not None else None
+    if final is not None and (_is_sequential(final) or _is_functional(final)):
+        return _final_layer(final)
+    return final
 
 
 def _call_traced(op: Any, args: tuple, kwargs: dict, prefix: str, trace: _Trace) -> Any:

@@ -98,6 +98,25 @@ def test_gradients_are_taken_on_logits_not_probabilities(trained_model):
     np.testing.assert_allclose(np.asarray(scores), np.asarray(reference), rtol=1e-5, atol=1e-5)
 
 
+def test_classifier_wrapped_in_an_outer_model_still_gives_logits_and_finds_the_lesion(trained_model):
+    """A softmax inside a nested model (a classifier behind a Rescaling wrapper) is still skipped: with
+    gradients of a saturated softmax the maps would go flat and miss the lesion."""
+    import keras
+
+    from components.explain.cam import GradCAM
+    from components.explain.faithfulness import pointing_game
+
+    inputs = keras.Input(trained_model.inputs[0].shape[1:])
+    wrapped = keras.Model(inputs, trained_model(keras.layers.Rescaling(1.0)(inputs)), name="wrapped")
+    images, labels, masks = planted_lesions(16, seed=124, positive_fraction=1.0)
+    cam = GradCAM(wrapped)
+    assert cam.probe.score_kind == "logits" and cam.probe.layer.endswith("/conv4")
+    inner = GradCAM(trained_model)(images, targets=labels).cams
+    outer = cam(images, targets=labels).cams
+    np.testing.assert_allclose(outer, inner, atol=1e-4)
+    assert float(np.nanmean(pointing_game(outer, masks)["pointing_hit"])) >= 0.8
+
+
 def test_any_target_class_can_be_explained(trained_model):
     from components.explain.cam import GradCAM
 

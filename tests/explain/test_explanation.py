@@ -210,3 +210,30 @@ def test_component_reports_a_failed_gate_and_fails_only_when_asked(trained_model
     with pytest.raises(RetinaError, match="insertion_minus_deletion"):
         run("fail", fail=True)
     assert Path(tmp_path / "reports" / "planted_cnn" / "run-01234567" / "fail" / "index.html").is_file()
+
+
+def test_model_expecting_raw_pixels_is_explained_like_its_0_1_twin(trained_model, trained_model_dir, planted_folder,
+                                                                   tmp_path):
+    """A Keras file from elsewhere that takes 0-255 pixels: with --input-range 0-255 it gets the same
+    predictions and the same lesion hits as the same network fed [0, 1]; without it, it does not."""
+    import keras
+
+    from components.explain.explanation import explain_images
+
+    inputs = keras.Input(trained_model.inputs[0].shape[1:])
+    raw_model = keras.Model(inputs, trained_model(keras.layers.Rescaling(1 / 255)(inputs)), name="raw_pixels")
+    raw_file = tmp_path / "raw_pixels.keras"
+    raw_model.save(str(raw_file))
+
+    kw = {**FAST, "methods": "gradcam", "max_images": 6, "faithfulness_steps": 0, "filter_count": 0}
+    twin = explain_images(str(trained_model_dir), str(planted_folder), str(tmp_path / "r"), run_name="twin", **kw)
+    raw = explain_images(str(raw_file), str(planted_folder), str(tmp_path / "r"), run_name="raw",
+                         input_range="0-255", **kw)
+    wrong = explain_images(str(raw_file), str(planted_folder), str(tmp_path / "r"), run_name="wrong", **kw)
+
+    def probs(result):
+        return np.array([img["probabilities"] for img in result.summary["images"]])
+
+    np.testing.assert_allclose(probs(raw), probs(twin), atol=1e-5)
+    assert raw.pointing_game == pytest.approx(twin.pointing_game)
+    assert np.abs(probs(wrong) - probs(twin)).max() > 0.05  # fed [0, 1] it sees a near-black image
