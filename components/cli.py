@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
+from typing import Any
 
 from components.common.errors import RetinaError
 
@@ -28,6 +30,22 @@ COMMAND_MODULES = (
     "components.explain.cli",  # explain
     "pipelines.cli",  # pipeline compile|run|upload|schedule
 )
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """`key=value` pairs (`--param`, repeatable) -> dict; values that read as JSON (numbers, true/false) keep
+    their type, others are strings. Used by `retina pipeline run|schedule` and `retina preprocess`."""
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RetinaError(f"--param {pair!r}: expected key=value")
+        try:
+            parsed = json.loads(value)
+            params[key] = parsed if isinstance(parsed, (int, float, bool)) else value
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
 
 
 def build_parser() -> argparse.ArgumentParser:

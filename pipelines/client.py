@@ -6,12 +6,12 @@ crontab line is the most common mistake, so it is refused here with the fix rath
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.cli import parse_params  # noqa: F401 - re-exported: `retina pipeline ... --param`
 from components.common.errors import RetinaError
 from pipelines.compile import PIPELINES, compile_pipeline
 
@@ -75,21 +75,6 @@ def validate_cron(cron: str) -> str:
             if hi_text and _value(hi_text, field, low, high, cron) < lo:
                 raise CronError(f"cron {cron!r}: {field} range {base!r} runs backwards")
     return " ".join(fields)
-
-
-def parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    """`key=value` pairs; values that read as JSON (numbers, true/false) keep their type, others are strings."""
-    params: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise RetinaError(f"--param {pair!r}: expected key=value")
-        try:
-            parsed = json.loads(value)
-            params[key] = parsed if isinstance(parsed, (int, float, bool)) else value
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
 
 
 def connect(host: str) -> Any:

@@ -95,9 +95,7 @@ def with_input_range(model: Any, input_range: str) -> Any:
     Baselines (grey 0.5), perturbations and overlays all live in [0, 1]; only the model sees its own range.
     The original model is nested unchanged: CAM surgery and feature maps reach its layers as usual.
     """
-    if input_range not in INPUT_RANGES:
-        raise RetinaError(f"unknown input range {input_range!r}: expected one of {', '.join(INPUT_RANGES)}")
-    scale, offset = INPUT_RANGES[input_range]
+    scale, offset = INPUT_RANGES[input_range]  # a KeyError here is a caller's bug: explain_images checks first
     if (scale, offset) == (1.0, 0.0):
         return model
     import keras
@@ -393,6 +391,8 @@ def explain_images(
     method_names = parse_methods(methods)
     if isinstance(thresholds, str):  # checked before any work, so a typo costs nothing
         thresholds = faith.parse_thresholds(thresholds)
+    if input_range not in INPUT_RANGES:
+        raise RetinaError(f"unknown input range {input_range!r}: expected one of {', '.join(INPUT_RANGES)}")
     if max_images < 1:
         raise RetinaError(f"max_images must be at least 1, got {max_images}")
     model, info = load_explainable_model(model_uri)

@@ -58,15 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"[preprocess] {line}", file=sys.stderr, flush=True)
 
-    from components.common.errors import RetinaError
+    from components.cli import parse_params
 
-    overrides = {}
-    for pair in args.param:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise RetinaError(f"--param {pair!r}: expected NAME=VALUE")
-        overrides[name.strip()] = value
-    params = PreprocessParams.with_overrides(args.modality, args.image_size, overrides)
+    params = PreprocessParams.with_overrides(args.modality, args.image_size, parse_params(args.param))
     manifest = run_preprocess(
         args.modality, args.input, args.output, params, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, beam_args=args.beam_args,

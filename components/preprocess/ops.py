@@ -125,7 +125,7 @@ class PreprocessParams:
                 raise RetinaError(f"unknown preprocessing parameter {name!r}; known: {', '.join(sorted(fields))}")
             default = fields[name].default
             try:
-                values[name] = _convert(raw, default, name)
+                values[name] = _convert(raw, default)
             except (TypeError, ValueError) as exc:
                 raise RetinaError(f"preprocessing parameter {name}={raw!r}: {exc}") from None
         try:
@@ -143,7 +143,7 @@ class PreprocessParams:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _convert(raw: Any, default: Any, name: str) -> Any:
+def _convert(raw: Any, default: Any) -> Any:
     """A user's value (often a string from a command line) as the type of the field's default."""
     if not isinstance(raw, str):
         return raw

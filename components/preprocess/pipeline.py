@@ -177,21 +177,19 @@ def _make_dofn(params_dict: dict[str, Any]) -> Any:
             if self.seen % 100 == 0:
                 log.info("worker preprocessed %d images", self.seen)
             self.started.update(int(time.time() * 1000))
+            reason = None
             try:
                 result = preprocess_record(item, self.params)
             except ImageRejected as exc:
-                self.finished.update(int(time.time() * 1000))
+                reason = exc.reason
+            except Exception as exc:  # noqa: BLE001 - bad input never stops the run
+                reason = f"preprocessing failed ({type(exc).__name__}: {exc})"
+            self.finished.update(int(time.time() * 1000))
+            if reason is not None:
                 self.bad.inc()
-                yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "reason": exc.reason,
+                yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "reason": reason,
                                                           "uri": item["uri"]})
                 return
-            except Exception as exc:  # noqa: BLE001 - bad input never stops the run
-                self.finished.update(int(time.time() * 1000))
-                self.bad.inc()
-                yield pvalue.TaggedOutput(_REJECTED_TAG, {"image_id": item["image_id"], "uri": item["uri"],
-                                                          "reason": f"preprocessing failed ({type(exc).__name__}: {exc})"})
-                return
-            self.finished.update(int(time.time() * 1000))
             self.ok.inc()
             yield result
 
