@@ -38,7 +38,7 @@ def eyepacs_sized_jpegs(n_synthetic: int, n_real: int, height: int) -> list[tupl
     """JPEGs of EyePACS size (height 2592 by default, 3:2-ish frame), quality 92 like the camera's export."""
     out = []
     try:
-        from components.common.synthetic import render_fundus
+        from infra.local.synthetic import render_fundus
 
         rng = np.random.default_rng(0)
         for i in range(n_synthetic):

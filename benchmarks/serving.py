@@ -104,9 +104,9 @@ def main() -> None:
     import tensorflow as tf
 
     from components.common.config import CLASS_NAMES
-    from components.common.synthetic import render_fundus, render_oct
     from components.preprocess.ops import PreprocessParams
     from components.train.models import build_model
+    from infra.local.synthetic import render_fundus, render_oct
     from serving.client import ServingClient
     from serving.export import export_saved_model
     from serving.server import start_server

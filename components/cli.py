@@ -19,8 +19,8 @@ from components.common.errors import RetinaError
 
 # Modules that add sub-commands, in the order `retina --help` lists them.
 COMMAND_MODULES = (
-    "components.common.stack_cli",  # stack up|down|status
-    "components.common.data_cli",  # data synth|samples|ls
+    "infra.local.stack_cli",  # stack up|down|status
+    "infra.local.data_cli",  # data synth|samples|ls
     "components.preprocess.cli",  # preprocess
     "components.train.cli",  # train
     "components.evaluate.cli",  # evaluate
@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "serving.cli",  # serve, predict
     "components.explain.cli",  # explain
     "pipelines.cli",  # pipeline compile|run|upload|schedule
+    "infra.local.demo_cli",  # demo
 )
 
 
@@ -72,7 +73,7 @@ def _load_stack_env() -> None:
     Variables already set in the environment (a cluster's Secret, a user's own endpoint) win.
     """
     try:
-        from components.common.stack import apply_stack_env
+        from infra.local.stack import apply_stack_env
     except ModuleNotFoundError:
         return
     apply_stack_env()

@@ -1,4 +1,4 @@
-"""`retina pipeline compile|run|upload|schedule` and `retina demo`.
+"""`retina pipeline compile|run|upload|schedule`.
 
 KFP, TensorFlow and the step components are imported inside the command functions, so `retina --help`
 stays fast.
@@ -61,15 +61,6 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import DemoSettings, run_demo
-
-    settings = DemoSettings(
-        image_size=args.image_size, epochs=args.epochs, images_per_set=args.images, modalities=tuple(args.modality or ("fundus", "oct"))
-    )
-    return run_demo(settings)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("pipeline", help="compile / run (locally or on KFP) / upload / schedule the pipelines")
     actions = parser.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
@@ -107,19 +98,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="retina")
     p.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule allowed at once")
     p.set_defaults(func=_schedule)
-
-    demo = sub.add_parser(
-        "demo",
-        help="end to end on this machine: stack, data, training pipeline (both modalities), "
-        "served champion, gRPC prediction, batch explanation",
-    )
-    from pipelines.demo import DemoSettings  # one place holds the demo's defaults
-
-    defaults = DemoSettings()
-    demo.add_argument("--image-size", type=int, default=defaults.image_size, help="model input size (tiny by default)")
-    demo.add_argument("--epochs", type=int, default=defaults.epochs)
-    demo.add_argument("--images", type=int, default=defaults.images_per_set, help="synthetic images per modality")
-    demo.add_argument(
-        "--modality", action="append", choices=["fundus", "oct"], help="repeatable (default: both)"
-    )
-    demo.set_defaults(func=_demo)

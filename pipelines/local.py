@@ -2,7 +2,7 @@
 
 `kfp.local.SubprocessRunner(use_venv=False)` runs every step as a subprocess of this Python (the project
 is installed here, as it is in the image), with the environment of this process: the local SeaweedFS +
-MLflow endpoints and keys from `components.common.stack.apply_stack_env()`. Kubernetes settings compiled
+MLflow endpoints and keys from `infra.local.stack.apply_stack_env()`. Kubernetes settings compiled
 into the pipeline (GPU, Secrets, ConfigMaps) are ignored locally.
 """
 
@@ -25,7 +25,7 @@ def default_pipeline_root() -> Path:
 def require_stack_env() -> None:
     """Steps read S3/MLflow from the environment: fail here, with the fix, rather than in step 3."""
     try:
-        from components.common.stack import apply_stack_env
+        from infra.local.stack import apply_stack_env
 
         apply_stack_env()
     except ModuleNotFoundError:  # pragma: no cover - stack module absent in a partial build

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.stack import ENV_KEYS, LocalStack, start_stack, stop_stack
+from infra.local.stack import ENV_KEYS, LocalStack, start_stack, stop_stack
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from components.common import storage
 from components.common.config import CLASS_NAMES
 from components.common.datasets import read_dataset, read_eyepacs, read_kermany
 from components.common.errors import DatasetError
-from components.common.synthetic import write_fundus_dataset, write_oct_dataset
+from infra.local.synthetic import write_fundus_dataset, write_oct_dataset
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.stack)])

@@ -77,7 +77,7 @@ def _write_tfrecord_dataset(root: Path, n: int = 4) -> None:
     """A preprocessed dataset as INTERFACES describes it: gzip shards, PNG image + mask features, manifest."""
     import tensorflow as tf
 
-    from components.common.synthetic import encode_png
+    from infra.local.synthetic import encode_png
     from tests.explain.conftest import planted_lesions
 
     images, labels, masks = planted_lesions(n, seed=3, positive_fraction=1.0)

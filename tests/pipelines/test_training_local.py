@@ -12,7 +12,7 @@ from components.common import storage
 
 @pytest.fixture(scope="module")
 def trained(stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from components.common.synthetic import write_fundus_dataset
+    from infra.local.synthetic import write_fundus_dataset
     from pipelines.local import run_local
 
     work = tmp_path_factory.mktemp("training-local")
@@ -58,8 +58,8 @@ def test_training_pipeline_runs_every_step_locally(trained) -> None:
 @pytest.mark.slow
 @pytest.mark.stack
 def test_detached_model_server_serves_the_champion_and_stops(trained, tmp_path: Path) -> None:
-    from components.common.samples import write_samples
-    from pipelines.demo import _predict_retina, model_server_status, start_model_server, stop_model_server
+    from infra.local.demo import _predict_retina, model_server_status, start_model_server, stop_model_server
+    from infra.local.samples import write_samples
 
     config = trained["work"] / "serving" / "models.config"
     if not config.is_file():

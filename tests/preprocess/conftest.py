@@ -53,7 +53,7 @@ def retina_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def fundus_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic EyePACS-layout set (256 px, 10 images, lesion masks beside)."""
-    from components.common.synthetic import write_fundus_dataset
+    from infra.local.synthetic import write_fundus_dataset
 
     root = tmp_path_factory.mktemp("fundus-raw")
     write_fundus_dataset(str(root), n=10, seed=3, size=256)

@@ -96,7 +96,7 @@ def test_default_512px_output_on_eyepacs_sized_frames_matches_the_reference(sour
     """The issue's bound at the default size, on 3888x2592 JPEGs: PSNR >= 35 dB against Graham's steps on
     the full decode, over the frame and inside the retina (synthetic photos are the harder case: sharp
     vessels and small lesions)."""
-    from components.common.synthetic import render_fundus
+    from infra.local.synthetic import render_fundus
 
     if source == "real":
         frame = np.zeros((2592, 3888, 3), np.uint8)

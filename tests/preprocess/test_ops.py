@@ -123,7 +123,7 @@ def test_params_round_trip_and_validation():
 
 # ----------------------------------------------------------------------------------- OCT
 def _bscan(h: int = 120, w: int = 200, seed: int = 0) -> np.ndarray:
-    from components.common.synthetic import render_oct
+    from infra.local.synthetic import render_oct
 
     scan, _ = render_oct(1, np.random.default_rng(seed), size=h)
     return cv2.resize(scan, (w, h)) if scan.shape != (h, w) else scan

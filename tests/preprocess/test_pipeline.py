@@ -165,7 +165,7 @@ def test_split_fractions_are_validated():
 def test_oct_end_to_end_through_seaweedfs(stack):
     """Kermany-layout OCT set on S3 -> Beam (2 workers) -> shards on S3, read back; a patient planted in two
     given splits is moved to test and counted."""
-    from components.common.synthetic import write_oct_dataset
+    from infra.local.synthetic import write_oct_dataset
 
     run = uuid.uuid4().hex[:8]
     raw, out = f"s3://raw/pre-{run}", f"s3://datasets/pre-{run}"

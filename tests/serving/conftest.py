@@ -65,7 +65,7 @@ def fundus_images() -> dict[str, bytes]:
     """The real skimage retina (JPEG and PNG) and synthetic fundus photos of several grades."""
     import skimage.data
 
-    from components.common.synthetic import render_fundus
+    from infra.local.synthetic import render_fundus
 
     real = skimage.data.retina()
     images = {"retina.jpg": encode(real), "retina.png": encode(real, ".png")}

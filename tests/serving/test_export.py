@@ -70,7 +70,7 @@ def test_both_signatures_agree_on_real_and_synthetic_fundus(export_cache, tiny_m
 def test_oct_parity_on_synthetic_b_scans(tmp_path):
     import tensorflow as tf
 
-    from components.common.synthetic import render_oct
+    from infra.local.synthetic import render_oct
     from serving.export import export_saved_model
 
     info = model_info(modality="oct")

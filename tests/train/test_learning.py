@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 def _prepare(tmp_path_factory, modality: str, n: int, size: int) -> str:
     """Synthetic raw set (foundation generator) -> real Beam preprocessing -> shards uploaded to the local S3."""
-    from components.common.synthetic import write_fundus_dataset, write_oct_dataset
     from components.preprocess.ops import PreprocessParams
     from components.preprocess.pipeline import run_preprocess
+    from infra.local.synthetic import write_fundus_dataset, write_oct_dataset
 
     work = tmp_path_factory.mktemp(f"{modality}-learn")
     writer = write_oct_dataset if modality == "oct" else write_fundus_dataset

@@ -39,7 +39,7 @@ def _positive_int(text: str) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from components.common.synthetic import write_fundus_dataset, write_oct_dataset
+    from infra.local.synthetic import write_fundus_dataset, write_oct_dataset
 
     write = write_fundus_dataset if args.modality == "fundus" else write_oct_dataset
     start = time.monotonic()
@@ -61,7 +61,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from components.common.samples import write_samples
+    from infra.local.samples import write_samples
 
     for uri in write_samples(args.out):
         print(f"wrote {uri}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from components.common import storage
-from components.common.synthetic import encode_jpeg
+from infra.local.synthetic import encode_jpeg
 
 SAMPLE_NAMES = ("retina.jpg", "microaneurysms.jpg")
 

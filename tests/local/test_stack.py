@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from components.common import stack as local_stack
 from components.common import storage
 from components.common.config import BUCKETS
+from infra.local import stack as local_stack
 
 
 def _retina(*args: str, home: Path) -> subprocess.CompletedProcess:

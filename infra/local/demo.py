@@ -234,8 +234,8 @@ class _Steps:
 
 
 def _write_data(settings: DemoSettings) -> dict[str, str]:
-    from components.common import synthetic
-    from components.common.samples import write_samples
+    from infra.local import synthetic
+    from infra.local.samples import write_samples
 
     uris = {}
     writers = {"fundus": synthetic.write_fundus_dataset, "oct": synthetic.write_oct_dataset}
@@ -318,7 +318,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run_demo(settings: DemoSettings | None = None) -> int:
-    from components.common.stack import start_stack
+    from infra.local.stack import start_stack
 
     settings = settings or DemoSettings()
     steps = _Steps(total=3 + len(settings.modalities) + 2)

@@ -13,8 +13,8 @@ from components.cli import main as retina
 from components.common import storage
 from components.common.config import CLASS_NAMES
 from components.common.datasets import read_eyepacs, read_kermany
-from components.common.samples import write_samples
-from components.common.synthetic import render_fundus, render_oct, write_fundus_dataset, write_oct_dataset
+from infra.local.samples import write_samples
+from infra.local.synthetic import render_fundus, render_oct, write_fundus_dataset, write_oct_dataset
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from components.common.synthetic import render_fundus, render_oct
+from infra.local.synthetic import render_fundus, render_oct
 
 
 def _dataset(modality: str, n: int, px: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""`retina stack up | down | status` — the local SeaweedFS + MLflow stack (see components.common.stack) — and
+"""`retina stack up | down | status` — the local SeaweedFS + MLflow stack (see infra.local.stack) — and
 `retina stack buckets`, which creates the system's buckets on whatever S3 the environment names (the
 cluster install runs it as the `retina-buckets` Job)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from components.common import stack as local_stack
+from infra.local import stack as local_stack
 
 
 def _print_env(stack: local_stack.LocalStack) -> None:
@@ -28,7 +28,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from pipelines.demo import stop_model_server  # the model server `retina demo` left running
+    from infra.local.demo import stop_model_server  # the model server `retina demo` left running
 
     if stop_model_server(args.home):
         print("  model server stopped")
@@ -50,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
         all_healthy = all_healthy and info["healthy"]
         where = info["endpoint"] or "-"
         print(f"  {part:10s} {state:24s} pid {info['pid'] or '-':<8} {where}")
-    from pipelines.demo import model_server_status
+    from infra.local.demo import model_server_status
 
     server = model_server_status(args.home)
     if server:

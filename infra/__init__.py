@@ -1,0 +1,1 @@
+"""Deployment material (images, Kubernetes manifests) and, in `infra.local`, the local-development tooling."""
