@@ -97,9 +97,6 @@ def infer_info(model: Any, modality: str | None = None, model_name: str = "") ->
 def _load_local(path: Path, modality: str | None) -> tuple[Any, ModelInfo]:
     import keras
 
-    # Custom layers (if any) register themselves on import of the builders module.
-    import components.train.models  # noqa: F401
-
     if path.is_file():
         if path.suffix != ".keras":
             raise StorageError(f"not a Keras model file (expected .keras): {path}")

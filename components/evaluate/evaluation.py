@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from components.common import metrics as m
 from components.common.errors import DatasetError
 from components.common.model_store import ModelInfo, outputs_to_classes
-from components.evaluate import metrics as m
 
 
 @dataclass
@@ -101,9 +101,9 @@ def compute_metrics(y_true: np.ndarray, outputs: np.ndarray, info: ModelInfo, sp
 def evaluate_model(model_uri: str, data_uri: str, modality: str | None = None, split: str = "test",
                    batch_size: int = 64, cache_dir: str | None = None) -> EvaluationResult:
     """Load the model (any URI `load_model` takes) and score it on `split` of the dataset."""
+    from components.common import shards as train_data
     from components.common.model_store import load_model
-    from components.train import data as train_data
-    from components.train.training import collect_predictions
+    from components.common.shards import collect_predictions
 
     manifest = train_data.read_manifest(data_uri)
     model, info = load_model(model_uri, modality=modality)

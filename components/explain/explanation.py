@@ -285,7 +285,7 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
     """Already-preprocessed images from the dataset's shards (test split first)."""
     import tensorflow as tf
 
-    from components.train.data import read_manifest, split_shards, stage_dataset
+    from components.common.shards import read_manifest, split_shards, stage_dataset
 
     manifest = read_manifest(images_uri)
     root = stage_dataset(images_uri)

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common import shards as train_data
 from components.common import storage
 from components.common.config import CLASS_NAMES, check_modality, code_version
 from components.common.errors import DatasetError, RetinaError
 from components.common.model_store import ModelInfo, save_model_dir
-from components.train import data as train_data
 
 log = logging.getLogger(__name__)
 
@@ -220,20 +220,6 @@ def _stage_checkpoint(checkpoint_uri: str | None, chief: bool = True) -> StagedC
     return StagedCheckpoint(local, str(checkpoint_uri) if chief else None, private=True)
 
 
-def collect_predictions(model: Any, dataset: Any) -> tuple[Any, Any]:
-    """(labels, model outputs) over a finite `(image, label)` dataset, as numpy arrays."""
-    import numpy as np
-
-    labels, outputs = [], []
-    for batch in dataset:
-        x, y = batch[0], batch[1]
-        outputs.append(np.asarray(model.predict_on_batch(x)))
-        labels.append(np.asarray(y))
-    if not labels:
-        raise DatasetError("no records to predict on")
-    return np.concatenate(labels).astype("int64"), np.concatenate(outputs)
-
-
 def train(config: TrainConfig, progress: Callable[[str], None] | None = None) -> TrainResult:
     """Fit, checkpoint, save and log one model. Returns the MLflow run id and where the model folder is."""
     if not config.tracking and not config.output_uri:
@@ -270,7 +256,7 @@ def _train_in_run(config: TrainConfig, prepared: PreparedData, run_id: str, chie
                   progress: Callable[[str], None]) -> TrainResult:
     import keras
 
-    from components.evaluate.metrics import optimise_thresholds
+    from components.common.metrics import optimise_thresholds
     from components.train.models import build_model
 
     keras.utils.set_random_seed(config.seed)
@@ -348,7 +334,7 @@ def _train_in_run(config: TrainConfig, prepared: PreparedData, run_id: str, chie
         if regression:
             source = val_ds if val_ds is not None else train_data.make_dataset(
                 prepared.train_shards, config.modality, prepared.image_size, global_batch, regression=True)
-            y_true, values = collect_predictions(model, source)
+            y_true, values = train_data.collect_predictions(model, source)
             thresholds = optimise_thresholds(y_true, values.reshape(-1), num_classes)
             progress(f"regression thresholds tuned for QWK on {config.val_split or config.train_split}: "
                      + ", ".join(f"{t:.3f}" for t in thresholds))

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.common import shards as data
 from components.common.errors import DatasetError
-from components.train import data
 
 
 def test_class_weights_balance_and_cap():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.evaluate import metrics as m
+from components.common import metrics as m
 
 
 def test_qwk_matches_hand_computed_example():

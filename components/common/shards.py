@@ -255,3 +255,17 @@ def manifest_summary(manifest: dict[str, Any]) -> str:
     splits = {k: v.get("count") for k, v in manifest.get("splits", {}).items()}
     return json.dumps({"modality": manifest.get("modality"), "image_size": manifest.get("image_size"),
                        "splits": splits})
+
+
+def collect_predictions(model: Any, dataset: Any) -> tuple[Any, Any]:
+    """(labels, model outputs) over a finite `(image, label)` dataset, as numpy arrays."""
+    import numpy as np
+
+    labels, outputs = [], []
+    for batch in dataset:
+        x, y = batch[0], batch[1]
+        outputs.append(np.asarray(model.predict_on_batch(x)))
+        labels.append(np.asarray(y))
+    if not labels:
+        raise DatasetError("no records to predict on")
+    return np.concatenate(labels).astype("int64"), np.concatenate(outputs)
