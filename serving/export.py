@@ -33,6 +33,7 @@ from typing import Any
 
 from components.common import storage
 from components.common.errors import RetinaError
+from components.common.heads import RegressionHead
 
 SIGNATURE_TENSOR = "serving_default"
 SIGNATURE_IMAGE = "predict_image"
@@ -46,7 +47,6 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CLASS_ID = "class_id"
 OUTPUT_CLASS_NAMES = "class_names"
 OUTPUT_GRADE = "grade"
-DEFAULT_THRESHOLDS = [0.5, 1.5, 2.5, 3.5]
 
 
 def model_info_dict(info: Any) -> dict[str, Any]:
@@ -76,14 +76,14 @@ def build_serving_module(model: Any, info: Any, asset_dir: str | Path) -> tuple[
     class_names = [str(n) for n in meta["class_names"]]
     num_classes = len(class_names)
     regression = meta["head"] == "regression"
-    thresholds = sorted(float(t) for t in (meta.get("thresholds") or DEFAULT_THRESHOLDS[: num_classes - 1]))
+    head = RegressionHead.for_classes(num_classes, meta.get("thresholds")) if regression else None
     preprocess = tf_preprocess.make_preprocess_fn(meta["modality"], meta["preprocessing"], size)
 
     module = tf.Module()
     module.model = model
     module.class_names_asset = tf.saved_model.Asset(_class_names_file(class_names, asset_dir))
     names_constant = tf.constant(class_names, dtype=tf.string)
-    thresholds_constant = tf.constant(thresholds, dtype=tf.float32)
+    thresholds_constant = tf.constant(head.thresholds if head else [], dtype=tf.float32)
 
     def outputs_for(images: Any) -> dict[str, Any]:
         raw = tf.cast(model(images, training=False), tf.float32)

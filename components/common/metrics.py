@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from components.common.heads import RegressionHead
+
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
     """Counts `[true, predicted]`, shape `[num_classes, num_classes]` (int64)."""
@@ -116,13 +118,9 @@ def one_vs_rest_auc(y_true: Sequence[int], scores: np.ndarray) -> list[float | N
     return [roc_auc(t == k, scores[:, k]) for k in range(scores.shape[1])]
 
 
-DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
-
-
 def apply_thresholds(values: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
-    """Continuous grades -> class ids: the number of thresholds each value reaches."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    return np.searchsorted(np.sort(np.asarray(thresholds, dtype=np.float64)), v, side="right").astype(np.int64)
+    """Continuous grades -> class ids through the regression head (see components.common.heads)."""
+    return RegressionHead.for_classes(len(thresholds) + 1, thresholds).classes(values)
 
 
 def optimise_thresholds(

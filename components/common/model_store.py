@@ -20,10 +20,10 @@ import numpy as np
 from components.common import storage
 from components.common.config import CLASS_NAMES
 from components.common.errors import StorageError
+from components.common.heads import RegressionHead
 
 MODEL_FILE = "model.keras"
 INFO_FILE = "retina_model.json"
-DEFAULT_THRESHOLDS = [0.5, 1.5, 2.5, 3.5]
 
 
 @dataclass
@@ -58,8 +58,7 @@ def outputs_to_classes(outputs: np.ndarray, info: ModelInfo) -> np.ndarray:
     """Model outputs -> class ids: argmax for the softmax head, thresholds for the regression head."""
     outputs = np.asarray(outputs)
     if info.head == "regression":
-        thresholds = np.sort(np.asarray(info.thresholds or DEFAULT_THRESHOLDS[: info.num_classes - 1]))
-        return np.searchsorted(thresholds, outputs.reshape(-1), side="right").astype(np.int64)
+        return RegressionHead.for_classes(info.num_classes, info.thresholds).classes(outputs)
     return outputs.argmax(axis=-1).astype(np.int64)
 
 
@@ -78,7 +77,7 @@ def infer_info(model: Any, modality: str | None = None, model_name: str = "") ->
     if outputs == 1:
         head = "regression"
         class_names = list(CLASS_NAMES.get(modality or "fundus", CLASS_NAMES["fundus"]))
-        thresholds = DEFAULT_THRESHOLDS[: len(class_names) - 1]
+        thresholds = list(RegressionHead.for_classes(len(class_names)).thresholds)
     else:
         head = "softmax"
         known = CLASS_NAMES.get(modality or "")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from components.common import metrics as m
+from components.common.heads import RegressionHead
 
 
 def test_qwk_matches_hand_computed_example():
@@ -62,7 +63,7 @@ def test_roc_curve_runs_from_origin_to_one_with_finite_thresholds():
 def test_optimised_thresholds_beat_rounding_on_compressed_outputs():
     y = np.repeat(np.arange(5), 20)
     values = y * 0.5 + np.random.default_rng(1).normal(0, 0.05, y.size)  # a regressor that under-shoots
-    rounded = m.quadratic_weighted_kappa(y, m.apply_thresholds(values, m.DEFAULT_THRESHOLDS), 5)
+    rounded = m.quadratic_weighted_kappa(y, m.apply_thresholds(values, RegressionHead.for_classes(5).thresholds), 5)
     tuned = m.optimise_thresholds(y, values, 5)
     assert m.quadratic_weighted_kappa(y, m.apply_thresholds(values, tuned), 5) > max(rounded, 0.99)
     assert tuned == sorted(tuned)
