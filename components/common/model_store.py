@@ -21,6 +21,7 @@ from components.common import storage
 from components.common.config import CLASS_NAMES
 from components.common.errors import StorageError
 from components.common.heads import RegressionHead
+from components.common.model_ref import ModelRef
 
 MODEL_FILE = "model.keras"
 INFO_FILE = "retina_model.json"
@@ -113,43 +114,43 @@ def _load_local(path: Path, modality: str | None) -> tuple[Any, ModelInfo]:
     return model, info
 
 
-def _download_mlflow(uri: str, dst: str) -> Path:
+def _download_mlflow(ref: ModelRef, dst: str) -> Path:
     """`runs:/…` or `models:/…` -> a local folder. Registry URIs resolve to the run's logged folder."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    if uri.startswith("models:/"):
-        rest = uri[len("models:/") :]
-        client = MlflowClient()
-        try:
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, ver = rest.partition("/")
-                version = client.get_model_version(name, ver)
-        except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
-            raise StorageError(f"no such registered model version: {uri} ({type(exc).__name__})") from exc
-        source = version.source or ""
-        if source.startswith("runs:/") or source.startswith("s3://") or source.startswith("mlflow-artifacts:"):
-            uri = source
-        elif version.run_id:
-            uri = f"runs:/{version.run_id}/model"
-        else:
-            uri = source
+    uri = ref.uri
+    if ref.kind == "registry":
+        uri = _registry_source(ref)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
     except Exception as exc:  # noqa: BLE001
         raise StorageError(f"cannot download model from MLflow: {uri} ({type(exc).__name__}: {exc})") from exc
 
 
+def _registry_source(ref: ModelRef) -> str:
+    """Where a registered version's files are: its logged source, else the run's `model` folder."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        pinned = ref.pinned(client)
+        version = client.get_model_version(pinned.name, pinned.version)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
+        raise StorageError(f"no such registered model version: {ref} ({type(exc).__name__})") from exc
+    source = version.source or ""
+    if source.startswith(("runs:/", "s3://", "mlflow-artifacts:")):
+        return source
+    return f"runs:/{version.run_id}/model" if version.run_id else source
+
+
 def load_model(uri: str, modality: str | None = None) -> tuple[Any, ModelInfo]:
     """Load `(keras.Model, ModelInfo)` from a local folder/.keras file, s3://, runs:/ or models:/ URI."""
-    uri = str(uri)
-    if uri.startswith(("runs:/", "models:/")):
+    ref = ModelRef.parse(str(uri))
+    if ref.is_mlflow:
         with tempfile.TemporaryDirectory(prefix="retina-model-") as tmp:
-            return _load_local(_download_mlflow(uri, tmp), modality)
-    if storage.is_s3(uri):
+            return _load_local(_download_mlflow(ref, tmp), modality)
+    uri = ref.uri
+    if ref.kind == "s3":
         with storage.local_copy(uri) as local:
             return _load_local(Path(local), modality)
     path = Path(uri)
