@@ -11,10 +11,7 @@ local TF-Serving-compatible gRPC server, started detached -> a gRPC prediction o
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,8 +22,6 @@ from typing import Any
 from components.common.config import REGISTERED_MODEL, retina_home
 from components.common.errors import RetinaError
 
-SERVER_STATE_FILE = "model-server.json"
-SERVER_LOG_FILE = "model-server.log"
 RAW_PREFIX = "s3://raw/demo"
 REPORTS_URI = "s3://reports"
 
@@ -48,121 +43,6 @@ class DemoSettings:
     model_width: float = 0.25
     explain_images: int = 4
     shard_size: int = 1  # the two real images -> two shards, so the ParallelFor fan-out shows
-
-
-# --------------------------------------------------------------------------- the detached model server
-def _server_state_path(home: Path) -> Path:
-    return home / SERVER_STATE_FILE
-
-
-def _pid_runs(pid: int, marker: str) -> bool:
-    """The pid is alive AND still our server (not a recycled pid running something else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True  # no /proc (macOS): the pid exists; trust the state file
-    return marker in cmdline
-
-
-def model_server_status(home: str | Path | None = None) -> dict[str, Any] | None:
-    """The recorded model server (pid, address, config) if it is still running, else None."""
-    home = Path(home) if home else retina_home()
-    path = _server_state_path(home)
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text())
-    return state if _pid_runs(int(state["pid"]), state["model_config_file"]) else None
-
-
-def stop_model_server(home: str | Path | None = None, timeout_s: float = 10.0) -> bool:
-    """Stop the model server `start_model_server` recorded under `home`; True if one was running.
-
-    Called by `retina stack down`. Only the recorded pid is signalled, and only if its command line
-    still names the server's config file.
-    """
-    import signal
-
-    home = Path(home) if home else retina_home()
-    path = _server_state_path(home)
-    state = model_server_status(home)
-    path.unlink(missing_ok=True)
-    if state is None:
-        return False
-    pid = int(state["pid"])
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_runs(pid, state["model_config_file"]):
-        time.sleep(0.2)
-    if _pid_runs(pid, state["model_config_file"]):
-        os.kill(pid, signal.SIGKILL)
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve_argv(model_config_file: str, port: int) -> list[str]:
-    """`retina serve --model_config_file F --port P` when the serving CLI takes those flags."""
-    from components.cli import build_parser
-
-    argv = ["serve", "--model_config_file", model_config_file, "--port", str(port)]
-    try:
-        build_parser().parse_args(argv)
-    except SystemExit as exc:
-        raise RetinaError("`retina serve` does not accept --model_config_file/--port; cannot start the server") from exc
-    return [sys.executable, "-m", "components.cli", *argv]
-
-
-def start_model_server(model_config_file: str | Path, home: str | Path | None = None, timeout_s: float = 180.0) -> dict:
-    """Start (or reuse) the local gRPC model server as a detached process; returns its recorded state.
-
-    Detached (own session, output to a log file) so it outlives this command; the pid goes to
-    `<home>/model-server.json` for `stop_model_server`. A running server re-reads its config file, so
-    it is reused when it serves the same config.
-    """
-    home = Path(home) if home else retina_home()
-    home.mkdir(parents=True, exist_ok=True)
-    config = str(Path(model_config_file).resolve())
-    running = model_server_status(home)
-    if running and running["model_config_file"] == config:
-        running["reused"] = True
-        return running
-    if running:
-        stop_model_server(home)
-    port = _free_port()
-    log_path = home / SERVER_LOG_FILE
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            _serve_argv(config, port),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=os.environ.copy(),
-        )
-    state = {"pid": proc.pid, "port": port, "address": f"127.0.0.1:{port}", "model_config_file": config,
-             "log": str(log_path), "reused": False}
-    _server_state_path(home).write_text(json.dumps(state, indent=2))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _server_state_path(home).unlink(missing_ok=True)
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-            raise RetinaError(f"model server exited with {proc.returncode}; log {log_path}:\n{tail}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return state
-        except OSError:
-            time.sleep(0.5)
-    stop_model_server(home)
-    raise RetinaError(f"model server did not open port {port} within {timeout_s:.0f}s; log {log_path}")
 
 
 # --------------------------------------------------------------------------- the demo
@@ -318,7 +198,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run_demo(settings: DemoSettings | None = None) -> int:
-    from infra.local.stack import start_stack
+    from infra.local.stack import start_model_server, start_stack
 
     settings = settings or DemoSettings()
     steps = _Steps(total=3 + len(settings.modalities) + 2)

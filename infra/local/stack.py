@@ -27,11 +27,8 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -41,6 +38,14 @@ from typing import Any
 from components.common import storage
 from components.common.config import BUCKETS, retina_home
 from components.common.errors import RetinaError, StorageError
+from components.common.processes import (
+    ManagedProcess,
+    ProcessFailed,
+    free_port,
+    port_free,
+    runs,
+    stop_recorded,
+)
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -203,28 +208,6 @@ def _write_s3_identities(home: Path, creds: dict[str, str]) -> Path:
 
 
 # --------------------------------------------------------------------------- ports
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # SO_REUSEADDR as the servers themselves set it: a port with only TIME_WAIT leftovers of the
-        # last run counts as free (so `down` + `up` keeps the endpoints), a listening one does not.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(taken: set[int]) -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
-    raise StackError("no free TCP port on 127.0.0.1")
-
-
 def pick_ports(preferred: dict[str, int] | None = None, use_defaults: bool = True) -> dict[str, int]:
     """One port per listener: the preferred (last run's) or default one when free, else a free pick."""
     preferred = preferred or {}
@@ -232,9 +215,9 @@ def pick_ports(preferred: dict[str, int] | None = None, use_defaults: bool = Tru
     taken: set[int] = set()
     for name, default in DEFAULT_PORTS.items():
         candidates = [preferred.get(name)] + ([default] if use_defaults else [])
-        port = next((p for p in candidates if p and p not in taken and _port_free(p)), None)
+        port = next((p for p in candidates if p and p not in taken and port_free(p, HOST)), None)
         if port is None:
-            port = _free_port(taken)
+            port = free_port(HOST, taken)
         chosen[name] = port
         taken.add(port)
     return chosen
@@ -252,112 +235,8 @@ def weed_binary() -> str:
     return found
 
 
-def _proc_cmdline(pid: int) -> list[str] | None:
-    """The argv of a live (non-zombie) process, or None when it is gone."""
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():
-        try:
-            stat = (proc / "stat").read_text()
-            state = stat.rsplit(")", 1)[1].split()[0]
-            if state in ("Z", "X"):
-                return None
-            raw = (proc / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            return None
-        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    if Path("/proc/self").exists():
-        return None
-    try:  # no /proc (macOS): ask ps
-        out = subprocess.run(["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True)
-    except OSError:
-        return None
-    text = out.stdout.strip()
-    if out.returncode != 0 or not text or text.split()[0].startswith("Z"):
-        return None
-    return shlex.split(text.split(None, 1)[1]) if " " in text else []
-
-
-def _matches(pid: int, markers: list[str]) -> bool:
-    """True when `pid` is alive and its command line still contains every marker this module recorded."""
-    argv = _proc_cmdline(pid)
-    if argv is None:
-        return False
-    joined = " ".join(argv)
-    return all(m in joined for m in markers)
-
-
-def process_group_pids(pgid: int) -> list[int]:
-    """Live members of a process group (Linux /proc); used to prove `down` left nothing behind."""
-    out = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            out.append(int(proc.name))
-    return out
-
-
-# Popen objects of servers started by this Python process, so stopping them also reaps them
-# (a killed child that nobody waits for lingers as a zombie of the test process).
-_CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-def _spawn(part: str, argv: list[str], home: Path, env: dict[str, str]) -> subprocess.Popen:
-    log = _log_file(home, part)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {part}\n".encode())
-        fh.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=str(stack_dir(home)),
-            start_new_session=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    return proc
-
-
-def _stop_pid(pid: int, markers: list[str], timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """TERM, then KILL, the process group led by `pid` if it is still ours. True when something was stopped."""
-    if not _matches(pid, markers):
-        _reap(pid)
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5.0)
-        while time.monotonic() < deadline:
-            _reap(pid)
-            if _proc_cmdline(pid) is None and not _group_members(pid):
-                return True
-            time.sleep(0.1)
-    _reap(pid)
-    return True
-
-
-def _group_members(pgid: int) -> list[int]:
-    return process_group_pids(pgid) if Path("/proc/self").exists() else []
-
-
-def _reap(pid: int) -> None:
-    proc = _CHILDREN.get(pid)
-    if proc is not None and proc.poll() is not None:
-        _CHILDREN.pop(pid, None)
-
-
-def _log_tail(home: Path, part: str, lines: int = 30) -> str:
-    path = _log_file(home, part)
-    if not path.exists():
-        return "(no log)"
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
+def _spawn(part: str, argv: list[str], home: Path, env: dict[str, str]) -> ManagedProcess:
+    return ManagedProcess(part, argv, env=env, log_file=_log_file(home, part), cwd=stack_dir(home)).start()
 
 
 # --------------------------------------------------------------------------- health
@@ -445,7 +324,7 @@ def _stack_from_state(home: Path, state: dict[str, Any], creds: dict[str, str], 
 
 def _part_alive(state: dict[str, Any], part: str) -> bool:
     info = state.get("processes", {}).get(part)
-    return bool(info and info.get("pid")) and _matches(int(info["pid"]), info.get("markers", []))
+    return bool(info and info.get("pid")) and runs(int(info["pid"]), info.get("markers", []))
 
 
 # --------------------------------------------------------------------------- public API
@@ -499,22 +378,6 @@ def _mlflow_argv(home: Path, port: int) -> list[str]:
     ]
 
 
-def _wait(check, timeout_s: float, proc: subprocess.Popen | None, part: str, home: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise StackError(
-                f"{part} exited with code {proc.returncode} during start-up; "
-                f"log {_log_file(home, part)}:\n{_log_tail(home, part)}"
-            )
-        time.sleep(0.25)
-    raise StackError(
-        f"{part} not healthy after {timeout_s:.0f}s; log {_log_file(home, part)}:\n{_log_tail(home, part)}"
-    )
-
-
 def start_stack(home: str | Path | None = None, use_default_ports: bool = True) -> LocalStack:
     """Start SeaweedFS + MLflow under `home` (or reuse the healthy ones already running there).
 
@@ -563,21 +426,15 @@ def start_stack(home: str | Path | None = None, use_default_ports: bool = True) 
     _write_private(_state_file(home), json.dumps(state, indent=2))
 
     try:
-        _wait(
+        weed.wait_until(
             lambda: s3_healthy(env["AWS_ENDPOINT_URL"], creds["access_key"], creds["secret_key"]),
             SEAWEEDFS_START_TIMEOUT_S,
-            weed,
-            "seaweedfs",
-            home,
         )
         _ensure_buckets(env["AWS_ENDPOINT_URL"], creds)
-        _wait(
-            lambda: mlflow_healthy(env["MLFLOW_TRACKING_URI"]),
-            MLFLOW_START_TIMEOUT_S,
-            mlflow_proc,
-            "mlflow",
-            home,
-        )
+        mlflow_proc.wait_until(lambda: mlflow_healthy(env["MLFLOW_TRACKING_URI"]), MLFLOW_START_TIMEOUT_S)
+    except ProcessFailed as exc:
+        _stop_from_state(state)
+        raise StackError(str(exc)) from exc
     except BaseException:
         _stop_from_state(state)
         raise
@@ -590,7 +447,7 @@ def _stop_from_state(state: dict[str, Any]) -> dict[str, bool]:
     # MLflow first: it may still be flushing artifacts to S3.
     for part in ("mlflow", "seaweedfs"):
         info = state.get("processes", {}).get(part) or {}
-        stopped[part] = bool(info.get("pid")) and _stop_pid(int(info["pid"]), info.get("markers", []))
+        stopped[part] = bool(info.get("pid")) and stop_recorded(int(info["pid"]), info.get("markers", []), STOP_TIMEOUT_S)
     return stopped
 
 
@@ -639,10 +496,83 @@ def stack_status(home: str | Path | None = None) -> dict[str, dict[str, Any]]:
     env = _env_for({k: int(v) for k, v in state["ports"].items()}, creds)
     for part, endpoint in (("seaweedfs", env["AWS_ENDPOINT_URL"]), ("mlflow", env["MLFLOW_TRACKING_URI"])):
         info = state.get("processes", {}).get(part, {})
-        running = bool(info.get("pid")) and _matches(int(info["pid"]), info.get("markers", []))
+        running = bool(info.get("pid")) and runs(int(info["pid"]), info.get("markers", []))
         if part == "seaweedfs":
             healthy = running and s3_healthy(endpoint, creds["access_key"], creds["secret_key"])
         else:
             healthy = running and mlflow_healthy(endpoint)
         out[part] = {"running": running, "healthy": healthy, "pid": info.get("pid"), "endpoint": endpoint}
     return out
+
+
+# --------------------------------------------------------------------------- the detached model server
+SERVER_STATE_FILE = "model-server.json"
+SERVER_LOG_FILE = "model-server.log"
+
+
+def _server_state_path(home: Path) -> Path:
+    return home / SERVER_STATE_FILE
+
+
+def model_server_status(home: str | Path | None = None) -> dict[str, Any] | None:
+    """The recorded model server (pid, address, config) if it is still running, else None."""
+    path = _server_state_path(_home(home))
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if runs(int(state["pid"]), [state["model_config_file"]]) else None
+
+
+def stop_model_server(home: str | Path | None = None, timeout_s: float = 10.0) -> bool:
+    """Stop the model server `start_model_server` recorded under `home`; True if one was running.
+
+    Called by `retina stack down`: the recorded process group is signalled only if its command line
+    still names the server's config file.
+    """
+    home = _home(home)
+    state = model_server_status(home)
+    _server_state_path(home).unlink(missing_ok=True)
+    return bool(state) and stop_recorded(int(state["pid"]), [state["model_config_file"]], timeout_s)
+
+
+def _serve_argv(model_config_file: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "components.cli", "serve", "--model_config_file", model_config_file,
+            "--port", str(port)]
+
+
+def _grpc_port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def start_model_server(model_config_file: str | Path, home: str | Path | None = None, timeout_s: float = 180.0) -> dict:
+    """Start (or reuse) the local model server as a detached process; returns its recorded state.
+
+    Detached (own process group, output to a log file) so it outlives this command; the pid goes to
+    `<home>/model-server.json` for `stop_model_server`. A running server re-reads its config file, so
+    it is reused when it serves the same config.
+    """
+    home = _home(home)
+    home.mkdir(parents=True, exist_ok=True)
+    config = str(Path(model_config_file).resolve())
+    running = model_server_status(home)
+    if running and running["model_config_file"] == config:
+        return {**running, "reused": True}
+    if running:
+        stop_model_server(home)
+    port = free_port(HOST)
+    server = ManagedProcess("model server", _serve_argv(config, port), env=os.environ.copy(),
+                            log_file=home / SERVER_LOG_FILE, markers=[config]).start()
+    state = {"pid": server.pid, "port": port, "address": f"{HOST}:{port}", "model_config_file": config,
+             "log": str(server.log_file), "reused": False}
+    _server_state_path(home).write_text(json.dumps(state, indent=2))
+    try:
+        server.wait_until(lambda: _grpc_port_open(port), timeout_s, interval_s=0.5)
+    except ProcessFailed as exc:
+        server.stop()
+        _server_state_path(home).unlink(missing_ok=True)
+        raise StackError(str(exc)) from exc
+    return state

@@ -28,7 +28,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from infra.local.demo import stop_model_server  # the model server `retina demo` left running
+    from infra.local.stack import stop_model_server  # the model server `retina demo` left running
 
     if stop_model_server(args.home):
         print("  model server stopped")
@@ -50,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
         all_healthy = all_healthy and info["healthy"]
         where = info["endpoint"] or "-"
         print(f"  {part:10s} {state:24s} pid {info['pid'] or '-':<8} {where}")
-    from infra.local.demo import model_server_status
+    from infra.local.stack import model_server_status
 
     server = model_server_status(args.home)
     if server:

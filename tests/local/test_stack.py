@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common import storage
+from components.common import processes, storage
 from components.common.config import BUCKETS
 from infra.local import stack as local_stack
 
@@ -121,7 +121,7 @@ def test_cli_up_reuses_then_down_leaves_no_process(tmp_path):
     state = json.loads((home / "stack" / "state.json").read_text())
     pids = {part: info["pid"] for part, info in state["processes"].items()}
     secret = local_stack.read_env_file(home)["AWS_SECRET_ACCESS_KEY"]
-    group_members = [p for pid in pids.values() for p in local_stack.process_group_pids(pid)]
+    group_members = [p for pid in pids.values() for p in processes.process_group_pids(pid)]
     try:
         assert "stack is up" in first.stdout
         assert _retina("stack", "status", home=home).returncode == 0
@@ -136,7 +136,7 @@ def test_cli_up_reuses_then_down_leaves_no_process(tmp_path):
         down = _retina("stack", "down", home=home)
     assert down.returncode == 0, down.stderr
     assert set(group_members) >= set(pids.values())
-    still_alive = [p for p in group_members if local_stack._proc_cmdline(p) is not None]
+    still_alive = [p for p in group_members if processes.cmdline(p) is not None]
     assert still_alive == []
     assert _retina("stack", "status", home=home).returncode == 1
     leftovers = [p for port in state["ports"].values() for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]

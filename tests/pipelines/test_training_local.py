@@ -58,8 +58,9 @@ def test_training_pipeline_runs_every_step_locally(trained) -> None:
 @pytest.mark.slow
 @pytest.mark.stack
 def test_detached_model_server_serves_the_champion_and_stops(trained, tmp_path: Path) -> None:
-    from infra.local.demo import _predict_retina, model_server_status, start_model_server, stop_model_server
+    from infra.local.demo import _predict_retina
     from infra.local.samples import write_samples
+    from infra.local.stack import model_server_status, start_model_server, stop_model_server
 
     config = trained["work"] / "serving" / "models.config"
     if not config.is_file():
