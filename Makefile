@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# ruff, then the layering contract in pyproject.toml ([tool.importlinter]) with import-linter.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 # Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them).
 test: $(STAMP) lint

@@ -15,11 +15,13 @@ import os
 import sys
 from typing import Any
 
+from components.common.config import apply_stack_env
 from components.common.errors import RetinaError
 
 # Modules that add sub-commands, in the order `retina --help` lists them.
 COMMAND_MODULES = (
-    "infra.local.stack_cli",  # stack up|down|status
+    "infra.local.stack_cli",  # stack up|down|status (local development only)
+    "components.common.cli",  # buckets
     "infra.local.data_cli",  # data synth|samples|ls
     "components.preprocess.cli",  # preprocess
     "components.train.cli",  # train
@@ -67,18 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_stack_env() -> None:
-    """After `retina stack up`, every command finds the local S3 + MLflow without `source .retina/stack.env`.
-
-    Variables already set in the environment (a cluster's Secret, a user's own endpoint) win.
-    """
-    try:
-        from infra.local.stack import apply_stack_env
-    except ModuleNotFoundError:
-        return
-    apply_stack_env()
-
-
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the command's own output;
     # warnings and errors still show. Steps started from here (kfp local runner, model server) inherit it.
@@ -89,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _load_stack_env()
+    apply_stack_env()  # after `retina stack up`, every command finds the local S3 + MLflow
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -4,7 +4,7 @@ The compiled YAML names the Kubernetes objects and keys only; values live in the
 (infra/k8s/secrets, infra/k8s/kubeflow). So one uploaded pipeline package runs on
 any cluster, and no credential ever lands in a pipeline spec, a run record or the KFP UI.
 Locally (kfp.local) this platform config is ignored and the steps inherit the process environment that
-`infra.local.stack.apply_stack_env()` filled.
+`components.common.config.apply_stack_env()` filled.
 """
 
 from __future__ import annotations

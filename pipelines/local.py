@@ -2,7 +2,7 @@
 
 `kfp.local.SubprocessRunner(use_venv=False)` runs every step as a subprocess of this Python (the project
 is installed here, as it is in the image), with the environment of this process: the local SeaweedFS +
-MLflow endpoints and keys from `infra.local.stack.apply_stack_env()`. Kubernetes settings compiled
+MLflow endpoints and keys from `components.common.config.apply_stack_env()`. Kubernetes settings compiled
 into the pipeline (GPU, Secrets, ConfigMaps) are ignored locally.
 """
 
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from components.common.config import retina_home
+from components.common.config import apply_stack_env, retina_home
 from components.common.errors import RetinaError
 from pipelines.compile import load_pipeline
 
@@ -24,12 +24,7 @@ def default_pipeline_root() -> Path:
 
 def require_stack_env() -> None:
     """Steps read S3/MLflow from the environment: fail here, with the fix, rather than in step 3."""
-    try:
-        from infra.local.stack import apply_stack_env
-
-        apply_stack_env()
-    except ModuleNotFoundError:  # pragma: no cover - stack module absent in a partial build
-        pass
+    apply_stack_env()
     missing = [k for k in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI") if not os.environ.get(k)]
     if missing:
         raise RetinaError(f"{', '.join(missing)} not set: run `retina stack up` first (or export them)")

@@ -7,6 +7,7 @@ the serving signature all agree on what label 3 means.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 MODALITIES = ("fundus", "oct")
@@ -38,6 +39,38 @@ def check_modality(modality: str) -> str:
 def retina_home() -> Path:
     """Where the local stack keeps its state (pids, data, env file). `RETINA_HOME` overrides `./.retina`."""
     return Path(os.environ.get("RETINA_HOME", ".retina")).resolve()
+
+
+STACK_ENV_FILE = "stack.env"
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """`export KEY=value` lines (as `retina stack up` writes them) -> dict; empty when there is no file."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip().removeprefix("export ").strip()
+        key, sep, rest = line.partition("=")
+        if not line or line.startswith("#") or not sep:
+            continue
+        words = shlex.split(rest)
+        out[key.strip()] = words[0] if words else ""
+    return out
+
+
+def apply_stack_env(home: str | Path | None = None) -> bool:
+    """Load `<home>/stack.env` into os.environ for variables not already set; True when a file was read.
+
+    Lets every `retina` command find the local stack after `retina stack up` without sourcing the file,
+    while a cluster's injected Secret or a user's own endpoint (already in the environment) still wins.
+    The library reads the file; only the local tooling (`infra.local.stack`) writes it.
+    """
+    values = read_env_file(Path(home).resolve() / STACK_ENV_FILE if home else retina_home() / STACK_ENV_FILE)
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    return bool(values)
 
 
 def code_version() -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
+from components.common import config, storage
 from components.common.config import BUCKETS, retina_home
 from components.common.errors import RetinaError, StorageError
 from components.common.processes import (
@@ -111,7 +111,7 @@ def stack_dir(home: str | Path | None = None) -> Path:
 
 
 def env_file(home: str | Path | None = None) -> Path:
-    return _home(home) / "stack.env"
+    return _home(home) / config.STACK_ENV_FILE
 
 
 def _state_file(home: Path) -> Path:
@@ -143,34 +143,12 @@ def mask_value(key: str, value: str) -> str:
 
 def read_env_file(home: str | Path | None = None) -> dict[str, str]:
     """The variables in `<home>/stack.env` (empty when there is none)."""
-    path = env_file(home)
-    if not path.exists():
-        return {}
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :]
-        key, sep, rest = line.partition("=")
-        if not sep:
-            continue
-        words = shlex.split(rest)
-        out[key.strip()] = words[0] if words else ""
-    return out
+    return config.read_env_file(env_file(home))
 
 
 def apply_stack_env(home: str | Path | None = None) -> bool:
-    """Load `<home>/stack.env` into os.environ for variables not already set; True when a file was read.
-
-    Lets `retina ...` find the local stack after `retina stack up` without sourcing the file, while a
-    cluster's injected Secret or a user's own endpoint (already in the environment) still wins.
-    """
-    values = read_env_file(home)
-    for key, value in values.items():
-        os.environ.setdefault(key, value)
-    return bool(values)
+    """Load `<home>/stack.env` into os.environ for variables not already set (see config.apply_stack_env)."""
+    return config.apply_stack_env(_home(home))
 
 
 def _write_env_file(home: Path, env: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from components.common.cli import BUCKETS_HELP, create_buckets
 from infra.local import stack as local_stack
 
 
@@ -58,17 +59,6 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all_healthy else 1
 
 
-def _buckets(args: argparse.Namespace) -> int:
-    from components.common import storage
-
-    endpoint = storage.s3_endpoint() or "AWS's default endpoint"
-    created = storage.ensure_buckets(local_stack.BUCKETS)
-    for bucket in local_stack.BUCKETS:
-        print(f"  {bucket:14s} {'created' if bucket in created else 'exists'}")
-    print(f"buckets ready on {endpoint}")
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("stack", help="local SeaweedFS S3 + MLflow server on 127.0.0.1")
     actions = parser.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
@@ -86,9 +76,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="pick free ports instead of the defaults (8333, 5000, ...)",
             )
         p.set_defaults(func=func)
-    p = actions.add_parser(
-        "buckets",
-        help="create the buckets (raw, datasets, mlflow, models, reports, pipeline-root) on the S3 in the "
-        "environment (AWS_ENDPOINT_URL + credentials); idempotent, for a cluster's object store",
-    )
-    p.set_defaults(func=_buckets)
+    # Kept beside `up` for those who know it; the library's `retina buckets` does the work.
+    actions.add_parser("buckets", help=BUCKETS_HELP + " (same as `retina buckets`)").set_defaults(func=create_buckets)

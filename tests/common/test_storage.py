@@ -193,7 +193,8 @@ def test_ensure_buckets_creates_only_what_is_missing(stack, capsys):
     assert storage.ensure_buckets(["raw", fresh]) == []
     storage.write_bytes(f"s3://{fresh}/x", b"1")
     assert storage.read_bytes(f"s3://{fresh}/x") == b"1"
-    assert main(["stack", "buckets"]) == 0  # what the cluster's retina-buckets Job runs
+    assert main(["buckets"]) == 0  # what the cluster's retina-buckets Job runs
+    assert main(["stack", "buckets"]) == 0  # the local alias
     out = capsys.readouterr().out
     assert "pipeline-root" in out and "buckets ready on http://127.0.0.1:" in out
     assert stack.env["AWS_SECRET_ACCESS_KEY"] not in out

@@ -120,7 +120,7 @@ def test_install_creates_the_buckets_it_points_at(kustomize) -> None:
     job = rendered.find("Job", "retina-buckets")
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == PROJECT_IMAGE
-    assert container["command"] == ["retina", "stack", "buckets"]
+    assert container["command"] == ["retina", "buckets"]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert {r["name"] for r in refs.values()} == {S3_SECRET.name}
     assert set(refs) == set(S3_SECRET.key_to_env)
