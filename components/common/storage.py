@@ -341,14 +341,31 @@ def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
     return written
 
 
+def local_path_for(local_dir: str | Path, rel: str) -> Path:
+    """`local_dir / rel` for a key taken from storage — refused when it would land outside `local_dir`.
+
+    An object store accepts any key (`a/../../etc/passwd`, `/abs`, `..`); a download must not turn such
+    a key into a write outside the folder it was asked to fill.
+    """
+    root = Path(local_dir).resolve()
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith("/") or any(p in ("..",) for p in parts) or Path(rel).is_absolute():
+        raise StorageError(f"refusing object key that escapes the target folder: {rel!r}")
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise StorageError(f"refusing object key that escapes the target folder: {rel!r}")
+    return target
+
+
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copy every file under `uri` into `local_dir` keeping relative paths."""
+    """Copy every file under `uri` into `local_dir` keeping relative paths (keys that escape it are refused
+    before anything is written)."""
     local_dir = Path(local_dir)
-    local_dir.mkdir(parents=True, exist_ok=True)
     uri = str(uri).rstrip("/")
-    for src in list_uris(uri):
-        rel = src[len(uri) :].lstrip("/")
-        copy(src, str(local_dir / rel))
+    pairs = [(src, local_path_for(local_dir, src[len(uri) :].lstrip("/"))) for src in list_uris(uri)]
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for src, dst in pairs:
+        copy(src, str(dst))
     return local_dir
 
 
@@ -370,13 +387,13 @@ def local_copy(uri: str) -> Iterator[Path]:
         except ClientError:
             is_file = False
         if is_file:
-            dst = Path(tmp) / basename(uri)
+            dst = local_path_for(tmp, basename(uri))
             copy(uri, str(dst))
             yield dst
         else:
             if not exists(uri):
                 raise StorageError(f"no such object or prefix: {uri}")
-            yield download_dir(uri, Path(tmp) / basename(uri))
+            yield download_dir(uri, local_path_for(tmp, basename(uri)))
 
 
 # --------------------------------------------------------------------------- atomic publish

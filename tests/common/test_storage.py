@@ -205,3 +205,11 @@ def test_half_set_s3_credentials_are_refused_by_name(monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     with pytest.raises(StorageError, match="set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         storage.s3_client()
+
+
+@pytest.mark.parametrize("key", ["../outside.txt", "a/../../outside.txt", "/etc/passwd", "..", "a/..", ""])
+def test_keys_that_escape_the_target_folder_are_refused(tmp_path, key):
+    with pytest.raises(StorageError, match="escapes the target folder"):
+        storage.local_path_for(tmp_path / "dst", key)
+    assert storage.local_path_for(tmp_path / "dst", "a/b.txt") == (tmp_path / "dst" / "a" / "b.txt").resolve()
+
