@@ -4,12 +4,35 @@ kfp local runner that every component's local test runs under."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from infra.local.stack import ENV_KEYS, LocalStack, start_stack, stop_stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every temporary folder of the session — ours, kfp's `kfp-workspace-*`, the servers' and the steps'
+    subprocesses' (they inherit TMPDIR) — goes under one folder that is removed at the end, so a test
+    run leaves nothing in the system temp folder."""
+    tmp_path_factory.getbasetemp()  # pytest's own tmp_path folders stay where pytest keeps them
+    root = Path(tempfile.mkdtemp(prefix="retina-tests-"))
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(root)
+    tempfile.tempdir = str(root)
+    try:
+        yield root
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
