@@ -99,74 +99,10 @@ def _no_records(root: str, kind: str, problems: list[Problem]) -> DatasetError:
 def read_eyepacs(root_uri: str) -> DatasetListing:
     """`<root>/train/<id>.jpeg` labelled by `<root>/trainLabels.csv`; patient = the number in `10_left`."""
     root = str(root_uri).rstrip("/") or str(root_uri)
-    csv_uri = storage.join(root, EYEPACS_LABELS)
-    try:
-        text = storage.read_bytes(csv_uri).decode("utf-8-sig")
-    except StorageError as exc:
-        raise DatasetError(f"no label file {csv_uri} (EyePACS layout needs {EYEPACS_LABELS})") from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"label file is not UTF-8 text: {csv_uri}") from exc
-
     problems: list[Problem] = []
-    reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-    if "image" not in fields or "level" not in fields:
-        raise DatasetError(f"{csv_uri} needs the columns image,level (found: {','.join(fields) or 'none'})")
-    reader.fieldnames = fields
-    labels: dict[str, int] = {}
-    reported: set[str] = set()  # ids whose CSV row is already a problem: their file is not reported again
-    num_grades = len(CLASS_NAMES["fundus"])
-    for line_no, row in enumerate(reader, start=2):
-        image_id = (row.get("image") or "").strip()
-        level = (row.get("level") or "").strip()
-        if not image_id:
-            problems.append(Problem(f"{EYEPACS_LABELS}:{line_no}", "row without an image id"))
-            continue
-        if image_id in labels:
-            problems.append(Problem(image_id, f"second row for the same image ({EYEPACS_LABELS}:{line_no})"))
-            continue
-        if not level.isdigit() or int(level) >= num_grades:
-            problems.append(Problem(image_id, f"unknown label {level!r} (expected 0..{num_grades - 1})"))
-            reported.add(image_id)
-            continue
-        if not _EYEPACS_ID.match(image_id):
-            problems.append(Problem(image_id, "image id does not parse: expected <patient>_<left|right>"))
-            reported.add(image_id)
-            continue
-        labels[image_id] = int(level)
-
-    images: dict[str, str] = {}
-    for uri in storage.list_uris(storage.join(root, EYEPACS_IMAGE_DIR)):
-        name = storage.basename(uri)
-        stem, suffix = _stem_and_suffix(name)
-        if suffix not in IMAGE_SUFFIXES:
-            problems.append(Problem(name, "not an image file"))
-            continue
-        if "/" in _relative(storage.join(root, EYEPACS_IMAGE_DIR), uri):
-            problems.append(Problem(_relative(root, uri), "image in a sub-folder of train/"))
-            continue
-        if stem in images:
-            problems.append(Problem(name, f"second file for image id {stem}"))
-            continue
-        images[stem] = uri
-
-    masks = _masks(root)
-    records = []
-    for image_id, uri in images.items():
-        if image_id not in labels:
-            if image_id in reported:
-                continue
-            if _EYEPACS_ID.match(image_id):
-                problems.append(Problem(storage.basename(uri), f"no row in {EYEPACS_LABELS}"))
-            else:
-                problems.append(
-                    Problem(
-                        storage.basename(uri), "file name does not parse: expected <patient>_<left|right>"
-                    )
-                )
-            continue
-        patient = _EYEPACS_ID.match(image_id).group("patient")
-        records.append(ImageRecord(image_id, patient, labels[image_id], uri, None, masks.get(image_id)))
+    labels, reported = _eyepacs_labels(root, problems)
+    images = _eyepacs_images(root, problems)
+    records = _eyepacs_records(images, labels, reported, _masks(root), problems)
     for image_id in labels:
         if image_id not in images:
             problems.append(Problem(image_id, f"no image file {EYEPACS_IMAGE_DIR}/{image_id}.jpeg"))
@@ -174,6 +110,83 @@ def read_eyepacs(root_uri: str) -> DatasetListing:
         raise _no_records(root, "EyePACS", problems)
     records.sort(key=lambda r: (int(r.patient_id), r.image_id))
     return DatasetListing(records, problems)
+
+
+def _eyepacs_label_rows(root: str) -> csv.DictReader:
+    csv_uri = storage.join(root, EYEPACS_LABELS)
+    try:
+        text = storage.read_bytes(csv_uri).decode("utf-8-sig")
+    except StorageError as exc:
+        raise DatasetError(f"no label file {csv_uri} (EyePACS layout needs {EYEPACS_LABELS})") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"label file is not UTF-8 text: {csv_uri}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "image" not in fields or "level" not in fields:
+        raise DatasetError(f"{csv_uri} needs the columns image,level (found: {','.join(fields) or 'none'})")
+    reader.fieldnames = fields
+    return reader
+
+
+def _eyepacs_labels(root: str, problems: list[Problem]) -> tuple[dict[str, int], set[str]]:
+    """Grades by image id from trainLabels.csv, and the ids whose row is already reported as a problem
+    (their file is not reported a second time)."""
+    reader = _eyepacs_label_rows(root)
+    labels: dict[str, int] = {}
+    reported: set[str] = set()
+    num_grades = len(CLASS_NAMES["fundus"])
+    for line_no, row in enumerate(reader, start=2):
+        image_id = (row.get("image") or "").strip()
+        level = (row.get("level") or "").strip()
+        if not image_id:
+            problems.append(Problem(f"{EYEPACS_LABELS}:{line_no}", "row without an image id"))
+        elif image_id in labels:
+            problems.append(Problem(image_id, f"second row for the same image ({EYEPACS_LABELS}:{line_no})"))
+        elif not level.isdigit() or int(level) >= num_grades:
+            problems.append(Problem(image_id, f"unknown label {level!r} (expected 0..{num_grades - 1})"))
+            reported.add(image_id)
+        elif not _EYEPACS_ID.match(image_id):
+            problems.append(Problem(image_id, "image id does not parse: expected <patient>_<left|right>"))
+            reported.add(image_id)
+        else:
+            labels[image_id] = int(level)
+    return labels, reported
+
+
+def _eyepacs_images(root: str, problems: list[Problem]) -> dict[str, str]:
+    """Image URIs by id directly under train/; other files are problems."""
+    images: dict[str, str] = {}
+    image_dir = storage.join(root, EYEPACS_IMAGE_DIR)
+    for uri in storage.list_uris(image_dir):
+        name = storage.basename(uri)
+        stem, suffix = _stem_and_suffix(name)
+        if suffix not in IMAGE_SUFFIXES:
+            problems.append(Problem(name, "not an image file"))
+        elif "/" in _relative(image_dir, uri):
+            problems.append(Problem(_relative(root, uri), "image in a sub-folder of train/"))
+        elif stem in images:
+            problems.append(Problem(name, f"second file for image id {stem}"))
+        else:
+            images[stem] = uri
+    return images
+
+
+def _eyepacs_records(
+    images: dict[str, str], labels: dict[str, int], reported: set[str], masks: dict[str, str],
+    problems: list[Problem],
+) -> list[ImageRecord]:
+    records = []
+    for image_id, uri in images.items():
+        if image_id in labels:
+            patient = _EYEPACS_ID.match(image_id).group("patient")
+            records.append(ImageRecord(image_id, patient, labels[image_id], uri, None, masks.get(image_id)))
+        elif image_id in reported:
+            continue
+        elif _EYEPACS_ID.match(image_id):
+            problems.append(Problem(storage.basename(uri), f"no row in {EYEPACS_LABELS}"))
+        else:
+            problems.append(Problem(storage.basename(uri), "file name does not parse: expected <patient>_<left|right>"))
+    return records
 
 
 # --------------------------------------------------------------------------- Kermany
