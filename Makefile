@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test test-fast lint demo images compile clean-stack
+.PHONY: venv browser test test-fast lint demo images compile clean-stack
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 
+# Headless Chromium (Debian's package) renders the reports in the report tests. Installed when missing and
+# this user may run apt-get (root, as in CI); elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+	  || echo "make browser: no chromium (install Debian's chromium package to run the report page tests)"; }
+
 # Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them).
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
