@@ -1,4 +1,4 @@
-"""KFP component `train`: a thin wrapper over `components.train.training.train_step`.
+"""KFP component `train`: a thin wrapper over `components.train.multinode.run_train_step`.
 
 Runs on the GPU image; the pipeline adds `set_accelerator_type('nvidia.com/gpu')` and the GPU limit.
 The trained folder (model.keras + retina_model.json) is copied into the `model` artifact as well, with
@@ -43,7 +43,8 @@ def train(
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str)]):
     from collections import namedtuple
 
-    from components.train.training import step_config, train_step
+    from components.train.multinode import run_train_step
+    from components.train.training import step_config
 
     config = step_config(
         modality=modality, data_uri=data_uri, model_name=model_name, image_size=image_size, epochs=epochs,
@@ -51,8 +52,8 @@ def train(
         mlflow_experiment=mlflow_experiment, seed=seed, width=width, checkpoint_uri=checkpoint_uri,
         patience=patience, copy_to=model.path,
     )
-    run_id, model_uri = train_step(config, distribution=distribution, workers=workers,
-                                   gpus_per_worker=gpus_per_worker)
+    run_id, model_uri = run_train_step(config, distribution=distribution, workers=workers,
+                                       gpus_per_worker=gpus_per_worker)
     model.metadata.update({"mlflow_run_id": run_id, "model_uri": model_uri, "modality": modality,
                            "model_name": model_name, "framework": "keras", "distribution": distribution})
     return namedtuple("TrainOutputs", ["run_id", "model_uri"])(run_id, model_uri)

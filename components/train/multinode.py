@@ -17,12 +17,14 @@ A retried step adopts the job of the same name (same output URI) instead of star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 from components.common import storage
 from components.common.errors import RetinaError
 from components.common.images import GPU_IMAGE
-from components.train.training import TrainConfig
+from components.train.training import TrainConfig, train_step
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "tfjobs", "TFJob"
 RUN_ID_ANNOTATION = "retina-xai/mlflow-run-id"
@@ -59,6 +61,23 @@ class TFJobOptions:
     timeout_s: int = 3 * 24 * 3600
     poll_s: float = 30.0
     ttl_after_finished_s: int = 24 * 3600
+
+
+DISTRIBUTIONS = ("single", "tfjob")
+
+
+def run_train_step(config: TrainConfig, distribution: str = "single", workers: int = 2,
+                   gpus_per_worker: int = 1) -> tuple[str, str]:
+    """What the KFP `train` component runs: (run_id, model_uri), the model folder copied into the artifact.
+
+    `single`: train in this pod (all its GPUs, MirroredStrategy). `tfjob`: this pod only launches and
+    awaits a TFJob of `workers` pods with `gpus_per_worker` GPUs each (MultiWorkerMirrored).
+    """
+    if distribution == "single":
+        return train_step(config)
+    if distribution == "tfjob":
+        return run_tfjob(config, TFJobOptions(workers=workers, gpus_per_worker=gpus_per_worker))
+    raise RetinaError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
 
 
 def job_name(config: TrainConfig) -> str:
@@ -159,8 +178,8 @@ def _is_not_found(exc: Exception) -> bool:
 class TFJobClient:
     """The four calls the launcher makes, on one namespace (a thin layer over CustomObjectsApi)."""
 
-    def __init__(self, namespace: str, api: Any = None):
-        self.namespace, self.api = namespace, api or _custom_objects_api()
+    def __init__(self, namespace: str, api: Any = None, sleep: Callable[[float], None] = time.sleep):
+        self.namespace, self.api, self.sleep = namespace, api or _custom_objects_api(), sleep
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
@@ -181,8 +200,7 @@ class TFJobClient:
             if not _is_not_found(exc):
                 raise
 
-    def wait(self, name: str, timeout_s: float, poll_s: float, progress: Callable[[str], None],
-             sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    def wait(self, name: str, timeout_s: float, poll_s: float, progress: Callable[[str], None]) -> dict[str, Any]:
         """Poll until the job is Succeeded or Failed; raises on timeout or when the job disappears."""
         deadline, last = time.monotonic() + timeout_s, ""
         while True:
@@ -197,7 +215,7 @@ class TFJobClient:
                 return job
             if time.monotonic() > deadline:
                 raise RetinaError(f"TFJob {self.namespace}/{name} still running after {timeout_s:.0f} s")
-            sleep(poll_s)
+            self.sleep(poll_s)
 
 
 def _open_run(config: TrainConfig, existing: dict[str, Any] | None) -> str:
@@ -220,12 +238,21 @@ def _fail_run(run_id: str) -> None:
         MlflowClient().set_terminated(run_id, status="FAILED")
 
 
-def _raise_on_sigterm() -> None:
-    """KFP stops a cancelled step with SIGTERM: turn it into an exception so the job is deleted."""
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """KFP stops a cancelled step with SIGTERM: raise instead of dying, so the job is deleted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def handler(signum: int, frame: Any) -> None:
         raise SystemExit(f"terminated by signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_tfjob(config: TrainConfig, options: TFJobOptions, progress: Callable[[str], None] = print,
@@ -243,9 +270,9 @@ def run_tfjob(config: TrainConfig, options: TFJobOptions, progress: Callable[[st
         client.create(tfjob_manifest(config, options, name, namespace, run_id))
         progress(f"created TFJob {namespace}/{name}: {options.workers} workers x "
                  f"{options.gpus_per_worker} {options.gpu_resource}; MLflow run {run_id or '-'}")
-    _raise_on_sigterm()
     try:
-        job = client.wait(name, options.timeout_s, options.poll_s, progress)
+        with _sigterm_raises():
+            job = client.wait(name, options.timeout_s, options.poll_s, progress)
     except BaseException:
         client.delete(name)
         _fail_run(run_id)

@@ -593,21 +593,8 @@ def step_config(**params: Any) -> TrainConfig:
     return config
 
 
-DISTRIBUTIONS = ("single", "tfjob")
-
-
-def train_step(config: TrainConfig, distribution: str = "single", workers: int = 2,
-               gpus_per_worker: int = 1) -> tuple[str, str]:
-    """What the KFP `train` component runs: (run_id, model_uri), the model folder copied into the artifact.
-
-    `single`: train in this pod (all its GPUs, MirroredStrategy). `tfjob`: this pod only launches and
-    awaits a Kubeflow TFJob of `workers` pods with `gpus_per_worker` GPUs each (MultiWorkerMirrored).
-    """
-    if distribution == "single":
-        result = train(config, progress=print)
-        return result.run_id, result.model_uri
-    if distribution == "tfjob":
-        from components.train.multinode import TFJobOptions, run_tfjob
-
-        return run_tfjob(config, TFJobOptions(workers=workers, gpus_per_worker=gpus_per_worker))
-    raise RetinaError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+def train_step(config: TrainConfig) -> tuple[str, str]:
+    """Single-pod training as the KFP `train` component runs it: (run_id, model_uri), the model folder
+    copied into the artifact (`config.copy_to`). Multi-node: `components.train.multinode.run_train_step`."""
+    result = train(config, progress=print)
+    return result.run_id, result.model_uri
