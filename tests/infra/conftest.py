@@ -63,6 +63,8 @@ CLUSTER_SCOPED_KINDS = {
 # Custom resources: group/version/kind -> fields their CRD requires (dotted paths).
 CRD_REQUIRED_FIELDS: dict[tuple[str, str], list[str]] = {
     ("serving.kserve.io/v1beta1", "InferenceService"): ["metadata.name", "spec.predictor"],
+    # full CRD-schema validation: tests/preprocess/test_runners.py (infra/k8s/flink/crd)
+    ("flink.apache.org/v1beta1", "FlinkDeployment"): ["metadata.name", "spec.flinkVersion", "spec.image"],
 }
 
 
