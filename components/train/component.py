@@ -4,8 +4,9 @@ Runs on the GPU image; the pipeline adds `set_accelerator_type('nvidia.com/gpu')
 The trained folder (model.keras + retina_model.json) is copied into the `model` artifact as well, with
 the MLflow run id and the model URI in its metadata.
 
-`distribution="single"` trains in this pod; `"tfjob"` makes this pod a launcher of a Kubeflow TFJob
-with `workers` pods x `gpus_per_worker` GPUs (components/train/multinode.py), awaited to the end.
+`workers=1` trains in this pod (today's single-pod training); `workers>1` makes this pod a launcher of a
+Kubeflow TFJob with `workers` pods x `gpus_per_worker` GPUs (components/train/multinode.py), awaited to
+the end.
 
 No `from __future__ import annotations` here: KFP reads the real annotation objects. KFP runs this
 function's source on its own, so the defaults below must be literals; tests/train/test_component.py
@@ -37,8 +38,7 @@ def train(
     width: float = 1.0,
     checkpoint_uri: str = "",
     patience: int = 5,
-    distribution: str = "single",
-    workers: int = 2,
+    workers: int = 1,
     gpus_per_worker: int = 1,
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str)]):
     from collections import namedtuple
@@ -52,8 +52,7 @@ def train(
         mlflow_experiment=mlflow_experiment, seed=seed, width=width, checkpoint_uri=checkpoint_uri,
         patience=patience, copy_to=model.path,
     )
-    run_id, model_uri = run_train_step(config, distribution=distribution, workers=workers,
-                                       gpus_per_worker=gpus_per_worker)
+    run_id, model_uri = run_train_step(config, workers=workers, gpus_per_worker=gpus_per_worker)
     model.metadata.update({"mlflow_run_id": run_id, "model_uri": model_uri, "modality": modality,
-                           "model_name": model_name, "framework": "keras", "distribution": distribution})
+                           "model_name": model_name, "framework": "keras", "workers": workers})
     return namedtuple("TrainOutputs", ["run_id", "model_uri"])(run_id, model_uri)

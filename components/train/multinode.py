@@ -8,7 +8,7 @@ still shipped and maintained as the legacy line) writes each worker's `TF_CONFIG
 would need our own rendezvous from JobSet host names; see infra/k8s/training/README.md.
 
 `tfjob_manifest` is a pure function (validated against the operator's CRD schema in the tests);
-`run_tfjob` is what the `train` component runs in `distribution="tfjob"` mode: it opens the MLflow run
+`run_tfjob` is what the `train` component runs when asked for more than one worker: it opens the MLflow run
 (so the run id is known and a failed job leaves a FAILED run), creates the TFJob with the `kubernetes`
 client, waits for Succeeded/Failed, and copies the chief's model folder into the KFP artifact.
 Credentials reach the workers by Secret reference only (`envFrom`), never as values.
@@ -63,21 +63,16 @@ class TFJobOptions:
     ttl_after_finished_s: int = 24 * 3600
 
 
-DISTRIBUTIONS = ("single", "tfjob")
-
-
-def run_train_step(config: TrainConfig, distribution: str = "single", workers: int = 2,
-                   gpus_per_worker: int = 1) -> tuple[str, str]:
+def run_train_step(config: TrainConfig, workers: int = 1, gpus_per_worker: int = 1) -> tuple[str, str]:
     """What the KFP `train` component runs: (run_id, model_uri), the model folder copied into the artifact.
 
-    `single`: train in this pod (all its GPUs, MirroredStrategy). `tfjob`: this pod only launches and
-    awaits a TFJob of `workers` pods with `gpus_per_worker` GPUs each (MultiWorkerMirrored).
+    `workers` <= 1: train in this pod (all its GPUs, MirroredStrategy), as before. `workers` > 1: this
+    pod only launches and awaits a TFJob of `workers` pods with `gpus_per_worker` GPUs each
+    (MultiWorkerMirroredStrategy).
     """
-    if distribution == "single":
+    if workers <= 1:
         return train_step(config)
-    if distribution == "tfjob":
-        return run_tfjob(config, TFJobOptions(workers=workers, gpus_per_worker=gpus_per_worker))
-    raise RetinaError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+    return run_tfjob(config, TFJobOptions(workers=workers, gpus_per_worker=gpus_per_worker))
 
 
 def job_name(config: TrainConfig) -> str:

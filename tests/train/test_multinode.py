@@ -233,7 +233,7 @@ def test_component_defaults_are_train_config_defaults():
     for name in ("learning_rate", "head", "mlflow_experiment", "seed", "width", "patience"):
         assert inputs[name].default == defaults[name], name
     assert inputs["checkpoint_uri"].default == "" and defaults["checkpoint_uri"] is None  # '' means unset
-    assert inputs["distribution"].default == "single"
+    assert inputs["workers"].default == 1  # single-pod training unless asked
 
 
 def test_cli_round_trips_a_config():
