@@ -100,6 +100,7 @@ def training_pipeline(
     mlflow_experiment: str = "retina",
     model_width: float = 1.0,
     seed: int = 0,
+    train_workers: int = 1,
 ) -> TrainingOutputs:
     """Parameters: `promotion_metric` empty = qwk for fundus, accuracy for OCT; `server_base_path` is the
     serving repository as the model server sees it (`/models` in the TF Serving pod; empty = same as
@@ -132,6 +133,8 @@ def training_pipeline(
         mlflow_experiment=mlflow_experiment,
         seed=seed,
         width=model_width,
+        workers=train_workers,  # >1: a TFJob of that many pods x gpu_count GPUs (infra/k8s/training)
+        gpus_per_worker=gpu_count,
     ).set_display_name("train (GPU)")
     # A cache hit would skip the MLflow run that register needs to be fresh; each run trains.
     trained.set_caching_options(False)
