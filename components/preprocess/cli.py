@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from components.common.config import MODALITIES
+from components.preprocess.pipeline import DEFAULT_MAX_REJECT_FRACTION
 
 
 class _BeamPassThroughParser(argparse.ArgumentParser):
@@ -44,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1, help="ignored for Kermany (its test split is kept)")
     p.add_argument("--seed", type=int, default=0, help="patient split seed")
     p.add_argument("--images-per-shard", type=int, default=1000)
+    p.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                   help="fail the run when more than this fraction of the listed images is rejected "
+                   f"(default {DEFAULT_MAX_REJECT_FRACTION})")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other preprocessing parameter, repeatable: radius, sigma_ratio, image_weight, "
                    "blur_weight, offset, rim_fraction, decode_oversample, denoise, square_mode, ...")
@@ -52,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.preprocess.ops import PreprocessParams
+    from components.preprocess.params import PreprocessParams
     from components.preprocess.pipeline import run_preprocess
 
     def progress(line: str) -> None:
@@ -64,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     manifest = run_preprocess(
         args.modality, args.input, args.output, params, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, beam_args=args.beam_args,
-        images_per_shard=args.images_per_shard, progress=progress,
+        images_per_shard=args.images_per_shard, progress=progress, max_reject_fraction=args.max_reject_fraction,
     )
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))

@@ -24,15 +24,18 @@ def preprocess(
     seed: int = 0,
     beam_args: str = "",
     params: str = "",
+    max_reject_fraction: float = 0.1,  # KFP needs a literal: pipeline.DEFAULT_MAX_REJECT_FRACTION (a test checks)
 ) -> NamedTuple("PreprocessOutputs", [("data_uri", str), ("num_images", int), ("num_rejected", int)]):
     """Decode and normalise the raw images at `input_uri` into TFRecord shards at `output_uri` (Beam).
 
-    `params`: a JSON object of further preprocessing parameters, e.g. `{"sigma_ratio": 0.05}`."""
+    `params`: a JSON object of further preprocessing parameters, e.g. `{"sigma_ratio": 0.05}`.
+    `max_reject_fraction`: more rejected images than this fraction of those listed fails the step."""
     from components.preprocess.pipeline import preprocess_to_artifact
 
     manifest = preprocess_to_artifact(
         modality, input_uri, output_uri, dataset.path, image_size=image_size, val_fraction=val_fraction,
         test_fraction=test_fraction, seed=seed, beam_args=beam_args, params=params,
+        max_reject_fraction=max_reject_fraction,
     )
     # the artifact's file is the manifest; the shards themselves live at output_uri
     dataset.metadata.update(manifest["artifact_metadata"])

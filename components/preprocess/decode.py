@@ -1,141 +1,65 @@
 """Decode only what is needed, and turn every kind of bad file into a readable `ImageRejected`.
 
-Decoding dominates preprocessing: a 3888×2592 EyePACS JPEG takes ~66 ms to decode fully, ~14 ms with the
+Decoding dominates preprocessing: a 3888×2592 EyePACS JPEG takes ~40 ms to decode fully, ~13 ms with the
 decoder's own DCT scaling (`cv2.IMREAD_REDUCED_*_2/4/8`), which skips the inverse transform of the
 detail we would throw away when resizing to 512 px. The width/height come from the JPEG SOF / PNG IHDR
-header (a few hundred bytes, no pixel decode), so the largest reduction that still leaves the image
-larger than needed is chosen before decoding.
+header (`header.read_header`, no pixel decode), so the reduction (`PreprocessParams.decode_reduction`)
+is chosen and the input policy (`header.check_header`) applied before decoding.
 
-Input policy (one reason per kind, each a line in `rejected.jsonl`):
-- empty file, unrecognised header (JPEG and PNG are read), corrupt header, truncated JPEG (no EOI
-  marker) or PNG (no IEND chunk), data the decoder refuses;
-- 12/16-bit samples and PNGs with an alpha channel: rejected rather than guessed at (a 16-bit file's
-  useful range and an alpha channel's meaning depend on the device that wrote it);
-- grey images when colour is required (fundus); OCT B-scans are grey by nature and accepted;
-- CMYK JPEGs; images above `max_pixels` (decompression-bomb guard, checked on the header before any
-  pixel is decoded) or below 16 px on a side.
+PNGs have no scaled decode: they are decoded fully and reduced by an exact box filter (area average over
+factor×factor blocks), which the serving graph reproduces bit for bit (`avg_pool`). EXIF orientation is
+applied here by `header.ORIENTATION_STEPS` (OpenCV's own handling is switched off), as in serving.
 """
 
 from __future__ import annotations
-
-import struct
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from components.common.errors import ImageRejected
+from components.preprocess.header import (
+    ORIENTATION_STEPS,
+    ImageHeader,
+    check_complete,
+    check_header,
+    read_header,
+)
+from components.preprocess.params import DEFAULTS, PreprocessParams, reduction_factor
 
-MIN_SIDE = 16
-DEFAULT_MAX_PIXELS = 80_000_000
-# Decode to at least this much more than the target: the retina is often ~90 % of the short side, and
-# preprocessing places it with sub-pixel accuracy best from ≥ 2x the output size (see PreprocessParams).
-REDUCTION_MARGIN = 2.2
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8, CC are not frames.
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_KEEP_ORIENTATION = cv2.IMREAD_IGNORE_ORIENTATION
 _REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
 _REDUCED_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    format: str  # "jpeg" | "png"
-    width: int
-    height: int
-    channels: int  # colour channels the file stores (1 grey, 3 colour, 4 CMYK / grey+alpha counts 2)
-    bit_depth: int
-    has_alpha: bool = False
+def area_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor×factor blocks (the trailing rows/columns that do not fill a block are dropped):
+    cv2's INTER_AREA for an exact integer ratio, i.e. TF's `avg_pool` with window = stride = factor."""
+    if factor == 1:
+        return image
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    return cv2.resize(image[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA)
 
 
-def _jpeg_header(data: bytes, image_id: str) -> ImageHeader:
-    pos = 2
-    n = len(data)
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            raise ImageRejected(image_id, "corrupt JPEG header (marker expected)")
-        while pos < n and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= n:
-            break
-        marker = data[pos]
-        pos += 1
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            break
-        if pos + 2 > n:
-            break
-        (length,) = struct.unpack(">H", data[pos : pos + 2])
-        if marker in _SOF_MARKERS:
-            if pos + 8 > n:
-                break
-            precision, height, width, components = struct.unpack(">BHHB", data[pos + 2 : pos + 8])
-            return ImageHeader("jpeg", width, height, components, precision)
-        pos += length
-    raise ImageRejected(image_id, "corrupt or truncated JPEG header (no frame header)")
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to a decoded image as stored."""
+    transpose, flip_rows, flip_cols = ORIENTATION_STEPS.get(orientation, ORIENTATION_STEPS[1])
+    if transpose:
+        image = np.swapaxes(image, 0, 1)
+    if flip_rows:
+        image = image[::-1]
+    if flip_cols:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image) if orientation != 1 else image
 
 
-def _png_header(data: bytes, image_id: str) -> ImageHeader:
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        raise ImageRejected(image_id, "corrupt or truncated PNG header (no IHDR chunk)")
-    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type)
-    if channels is None:
-        raise ImageRejected(image_id, f"corrupt PNG header (colour type {colour_type})")
-    has_alpha = colour_type in (4, 6)
-    return ImageHeader("png", width, height, channels, bit_depth, has_alpha)
-
-
-def read_header(data: bytes, image_id: str) -> ImageHeader:
-    """Format, size, channels and bit depth from the first bytes; raises ImageRejected for anything else."""
-    if not data:
-        raise ImageRejected(image_id, "empty file (0 bytes)")
-    if data.startswith(_JPEG_MAGIC):
-        return _jpeg_header(data, image_id)
-    if data.startswith(_PNG_MAGIC):
-        return _png_header(data, image_id)
-    raise ImageRejected(image_id, "not an image (unrecognised file header; JPEG or PNG expected)")
-
-
-def _is_complete(data: bytes, header: ImageHeader) -> bool:
-    tail = data[-64:].rstrip(b"\x00\r\n\t ")
+def _decode_pixels(data: bytes, header: ImageHeader, factor: int, color: bool) -> np.ndarray | None:
+    table = _REDUCED_COLOR if color else _REDUCED_GRAY
     if header.format == "jpeg":
-        return tail.endswith(b"\xff\xd9")
-    return b"IEND" in tail
-
-
-def check_header(header: ImageHeader, image_id: str, color: bool, max_pixels: int) -> None:
-    """Reject by header alone (before decoding a single pixel)."""
-    if header.width * header.height > max_pixels:
-        raise ImageRejected(
-            image_id, f"image too large ({header.width}×{header.height} px, limit {max_pixels} px)"
-        )
-    if min(header.width, header.height) < MIN_SIDE:
-        raise ImageRejected(image_id, f"image too small ({header.width}×{header.height} px)")
-    if header.bit_depth > 8:
-        raise ImageRejected(image_id, f"{header.bit_depth}-bit {header.format.upper()} (8-bit expected)")
-    if header.has_alpha:
-        raise ImageRejected(image_id, "PNG with alpha channel (RGB or grey expected)")
-    if header.format == "jpeg" and header.channels not in (1, 3):
-        raise ImageRejected(image_id, f"JPEG with {header.channels} colour components (CMYK?; RGB expected)")
-    if color and header.channels == 1:
-        raise ImageRejected(image_id, "grayscale image (fundus preprocessing needs a colour photo)")
-
-
-def reduction_factor(width: int, height: int, target_size: int | None, margin: float = REDUCTION_MARGIN) -> int:
-    """Largest of 1, 2, 4, 8 that keeps the short side ≥ margin · target_size after the reduced decode."""
-    if not target_size:
-        return 1
-    short = min(width, height)
-    for factor in (8, 4, 2):
-        if short / factor >= margin * target_size:
-            return factor
-    return 1
+        return cv2.imdecode(np.frombuffer(data, np.uint8), table[factor] | _KEEP_ORIENTATION)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), table[1] | _KEEP_ORIENTATION)
+    return None if image is None else area_reduce(image, factor)
 
 
 def decode_image(
@@ -143,26 +67,31 @@ def decode_image(
     image_id: str,
     target_size: int | None = None,
     color: bool = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    margin: float = REDUCTION_MARGIN,
+    max_pixels: int = DEFAULTS.max_pixels,
+    margin: float = DEFAULTS.decode_oversample,
 ) -> np.ndarray:
     """Encoded bytes → uint8 RGB H×W×3 (`color=True`) or grey H×W, decoded at the smallest DCT scale
-    that keeps the short side above `target_size` (None: full resolution). Raises ImageRejected."""
+    that keeps the short side ≥ margin·`target_size` (None: full resolution), EXIF orientation applied.
+    Raises ImageRejected. Use `decode_for` with a parameter object where one is at hand."""
     header = read_header(data, image_id)
     check_header(header, image_id, color, max_pixels)
-    if not _is_complete(data, header):
-        what = "no end-of-image marker" if header.format == "jpeg" else "no IEND chunk"
-        raise ImageRejected(image_id, f"truncated {header.format.upper()} ({what})")
+    check_complete(data, header, image_id)
     factor = reduction_factor(header.width, header.height, target_size, margin)
-    flags = (_REDUCED_COLOR if color else _REDUCED_GRAY)[factor]
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    image = _decode_pixels(data, header, factor, color)
     if image is None or image.size == 0:
         raise ImageRejected(image_id, f"undecodable {header.format.upper()} data")
     if image.dtype != np.uint8:
         raise ImageRejected(image_id, f"unsupported sample type {image.dtype} (8-bit expected)")
     if color:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    return orient(image, header.orientation)
+
+
+def decode_for(data: bytes, image_id: str, params: PreprocessParams) -> np.ndarray:
+    """Decode exactly as `params` says (reduction, colour, pixel cap): what the Beam path feeds the ops."""
+    return decode_image(data, image_id, target_size=params.image_size if params.reduced_decode else None,
+                        color=params.modality == "fundus", max_pixels=params.max_pixels,
+                        margin=params.decode_oversample)
 
 
 def decode_mask(data: bytes, image_id: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -20,22 +20,21 @@ resize.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from components.common.config import check_modality
 from components.common.errors import RetinaError
+from components.preprocess.decode import area_reduce
+from components.preprocess.params import DENOISERS, SQUARE_MODES, PreprocessParams, gaussian_ksize
+
+__all__ = ["DENOISERS", "SQUARE_MODES", "PreprocessParams"]  # re-exported: the one parameter object
 
 log = logging.getLogger(__name__)
-
-DENOISERS = ("median", "nlm", "none")
-SQUARE_MODES = ("crop", "pad")
 
 # Bounds detection runs on a thumbnail this long: cheap, and the same for a full and a reduced decode,
 # so both paths find the same circle.
@@ -44,123 +43,6 @@ THUMBNAIL_SIDE = 512
 
 class NoRetinaFound(RetinaError):
     """The frame holds no bright, retina-sized region (an all-black or blank image)."""
-
-
-@dataclass
-class PreprocessParams:
-    """Every preprocessing parameter, recorded in the dataset manifest and in each trained model.
-
-    Fundus names follow Graham's script: `radius` is the retina radius (px) at which the local-average
-    subtraction runs (Graham: 300); `None` means `image_size // 2`, i.e. the work happens at the output
-    resolution and the retina's diameter spans the output. σ = `sigma_ratio` · radius.
-    Output = `image_weight`·img + `blur_weight`·blur + `offset`, and pixels further than
-    `rim_fraction` · radius from the centre (or outside the photo) are set to `offset`.
-    """
-
-    modality: str = "fundus"
-    image_size: int = 512
-    radius: int | None = None
-    sigma_ratio: float = 1 / 30
-    image_weight: float = 4.0
-    blur_weight: float = -4.0
-    offset: float = 128.0
-    rim_fraction: float = 0.9
-    # Retina detection: a pixel is retina if brighter than max(background_level, background_fraction · p99).
-    background_level: float = 10.0
-    background_fraction: float = 0.1
-    min_retina_fraction: float = 0.02  # of the frame; smaller bright regions are "no retina found"
-    # Decoding: DCT-reduced decode to just above the needed size; images above max_pixels are rejected.
-    reduced_decode: bool = True
-    # decoded short side ≥ decode_oversample · image_size: 2.2 keeps the retina ≥ 2x the output so the
-    # sub-pixel placement happens above output resolution (≈40 dB vs the full-resolution reference);
-    # 1.15 decodes at half that size, faster, ≈37 dB.
-    decode_oversample: float = 2.2
-    max_pixels: int = 80_000_000
-    # OCT
-    denoise: str = "median"  # median | nlm | none
-    denoise_strength: float = 3.0  # median kernel size (odd, px) or non-local-means h
-    square_mode: str = "crop"  # crop the long side around the tissue, or pad the short side with black
-    low_percentile: float = 1.0
-    high_percentile: float = 99.5
-
-    def __post_init__(self) -> None:
-        check_modality(self.modality)
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
-        if self.radius is not None and self.radius < 4:
-            raise ValueError(f"radius must be at least 4 px, got {self.radius}")
-        if not 0 < self.rim_fraction <= 1:
-            raise ValueError(f"rim_fraction must be in (0, 1], got {self.rim_fraction}")
-        if self.sigma_ratio <= 0:
-            raise ValueError(f"sigma_ratio must be positive, got {self.sigma_ratio}")
-        if self.denoise not in DENOISERS:
-            raise ValueError(f"denoise must be one of {DENOISERS}, got {self.denoise!r}")
-        if self.square_mode not in SQUARE_MODES:
-            raise ValueError(f"square_mode must be one of {SQUARE_MODES}, got {self.square_mode!r}")
-        if not 0 <= self.low_percentile < self.high_percentile <= 100:
-            raise ValueError("need 0 <= low_percentile < high_percentile <= 100")
-
-    @property
-    def work_radius(self) -> int:
-        return int(self.radius) if self.radius else self.image_size // 2
-
-    @property
-    def sigma(self) -> float:
-        return self.work_radius * self.sigma_ratio
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def with_overrides(cls, modality: str, image_size: int, overrides: dict[str, Any] | None = None) -> PreprocessParams:
-        """Parameters a user sets by name (`retina preprocess --param sigma_ratio=0.05`, the component's
-        `params` JSON). Strings are converted to each field's type; an unknown name or a bad value is a
-        one-line error naming it (unlike `from_dict`, which reads manifests and tolerates newer keys)."""
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("modality", "image_size")}
-        values: dict[str, Any] = {}
-        for name, raw in (overrides or {}).items():
-            if name in ("modality", "image_size"):
-                raise RetinaError(f"preprocessing parameter {name!r} has its own option; do not set it in params")
-            if name not in fields:
-                raise RetinaError(f"unknown preprocessing parameter {name!r}; known: {', '.join(sorted(fields))}")
-            default = fields[name].default
-            try:
-                values[name] = _convert(raw, default)
-            except (TypeError, ValueError) as exc:
-                raise RetinaError(f"preprocessing parameter {name}={raw!r}: {exc}") from None
-        try:
-            return cls(modality=modality, image_size=int(image_size), **values)
-        except ValueError as exc:
-            raise RetinaError(f"preprocessing parameters rejected: {exc}") from None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
-        """Unknown keys (written by a newer version) are ignored with a warning, so old code reads new manifests."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            log.warning("ignoring unknown preprocessing parameters: %s", ", ".join(unknown))
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _convert(raw: Any, default: Any) -> Any:
-    """A user's value (often a string from a command line) as the type of the field's default."""
-    if not isinstance(raw, str):
-        return raw
-    text = raw.strip()
-    if default is None:  # radius: an int, or none for "half the output size"
-        return None if text.lower() in ("", "none", "null") else int(text)
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
 
 
 class Preprocessed(NamedTuple):
@@ -179,7 +61,27 @@ class RetinaCircle(NamedTuple):
 
 # ============================================================================ fundus: bounds
 def _intensity(image: np.ndarray) -> np.ndarray:
-    return image if image.ndim == 2 else image.max(axis=2)
+    """Per-pixel max over the colour channels (cv2.max: a strided NumPy max over axis 2 is ~10x slower)."""
+    if image.ndim == 2:
+        return image
+    return cv2.max(cv2.max(image[..., 0], image[..., 1]), image[..., 2])
+
+
+def percentile_u8(image: np.ndarray, q: float) -> float:
+    """`np.percentile(image, q)` (linear interpolation) of a uint8 image from its histogram, without a sort."""
+    counts = np.cumsum(np.bincount(image.ravel(), minlength=256))
+    pos = q / 100.0 * (counts[-1] - 1)
+    lo = math.floor(pos)
+    below, above = np.searchsorted(counts, [lo, min(lo + 1, counts[-1] - 1)], side="right")
+    return float(below + (pos - lo) * (above - below))
+
+
+def thumbnail(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """(image reduced by the smallest integer factor that brings its long side to ≤ THUMBNAIL_SIDE, factor).
+
+    An integer factor makes the reduction an exact block mean (cheap, and bit-identical in the serving graph)."""
+    factor = max(1, math.ceil(max(image.shape[:2]) / THUMBNAIL_SIDE))
+    return area_reduce(image, factor), factor
 
 
 def radius_from_middle_row(image: np.ndarray) -> float:
@@ -198,21 +100,24 @@ def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
     return float(cx), float(cy), float(math.sqrt(max(cx**2 + cy**2 - f, 0.0)))
 
 
-def retina_region(image: np.ndarray, params: PreprocessParams | None = None) -> np.ndarray:
-    """Boolean mask of retina pixels (the largest bright connected region, holes filled)."""
-    params = params or PreprocessParams()
+def _largest_outline(image: np.ndarray, params: PreprocessParams) -> tuple[list[np.ndarray], int]:
+    """(external outline of the largest bright connected region, its area in px)."""
     gray = _intensity(image)
-    bright = float(np.percentile(gray, 99))
-    threshold = max(params.background_level, params.background_fraction * bright)
+    threshold = max(params.background_level, params.background_fraction * percentile_u8(gray, 99))
     mask = (gray > threshold).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count < 2:
-        return np.zeros(gray.shape, bool)
+        return [], 0
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    region = (labels == largest).astype(np.uint8)
-    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    filled = np.zeros_like(region)
+    contours, _ = cv2.findContours((labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return list(contours), int(stats[largest, cv2.CC_STAT_AREA])
+
+
+def retina_region(image: np.ndarray, params: PreprocessParams | None = None) -> np.ndarray:
+    """Boolean mask of retina pixels (the largest bright connected region, holes filled)."""
+    contours, _ = _largest_outline(image, params or PreprocessParams())
+    filled = np.zeros(image.shape[:2], np.uint8)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
     return filled.astype(bool)
 
@@ -228,16 +133,11 @@ def find_retina(image: np.ndarray, params: PreprocessParams | None = None) -> Re
     """
     params = params or PreprocessParams()
     h, w = image.shape[:2]
-    scale = min(1.0, THUMBNAIL_SIDE / max(h, w))
-    thumb = image
-    if scale < 1.0:
-        thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    thumb, factor = thumbnail(image)
     th, tw = thumb.shape[:2]
-    sx, sy = tw / w, th / h
-    region = retina_region(thumb, params)
-    if region.sum() < params.min_retina_fraction * th * tw:
+    contours, area = _largest_outline(thumb, params)
+    if area < params.min_retina_fraction * th * tw:
         raise NoRetinaFound("no retina found (frame is dark or blank)")
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     points = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
     inner = (points[:, 0] > 1) & (points[:, 0] < tw - 2) & (points[:, 1] > 1) & (points[:, 1] < th - 2)
     arc = points[inner]
@@ -252,9 +152,9 @@ def find_retina(image: np.ndarray, params: PreprocessParams | None = None) -> Re
         cx, cy, r = _fit_circle(xs[keep], ys[keep])
     r += 0.5
     if not (0.05 * min(th, tw) < r < 2 * max(th, tw)):
-        raise NoRetinaFound(f"no retina found (implausible outline radius {r / sx:.0f} px)")
-    # thumbnail pixel centres -> image pixel centres (cv2.resize maps (u + 0.5) / s - 0.5)
-    return RetinaCircle((cx + 0.5) / sx - 0.5, (cy + 0.5) / sy - 0.5, r / ((sx + sy) / 2))
+        raise NoRetinaFound(f"no retina found (implausible outline radius {r * factor:.0f} px)")
+    # thumbnail pixel centres -> image pixel centres: a block of `factor` pixels has its centre at (u + 0.5)·f − 0.5
+    return RetinaCircle((cx + 0.5) * factor - 0.5, (cy + 0.5) * factor - 0.5, r * factor)
 
 
 # ============================================================================ fundus: geometry
@@ -272,10 +172,9 @@ def crop_and_scale(
     """Crop the retina's bounding square and scale it so the retina has `radius`; pad where clipped.
 
     Returns (canvas 2r×2r, valid) where `valid` marks canvas pixels that came from the photo (not padding).
-    The sub-pixel placement (one affine warp) happens at the source resolution, onto an intermediate canvas
-    an integer multiple n of the output, which INTER_AREA then reduces exactly by n. Interpolating at the
-    output resolution instead would soften exactly the fine detail that the 4x local-average subtraction
-    amplifies. `nearest=True` (masks) uses nearest neighbour throughout.
+    The sub-pixel placement is one bilinear warp onto a canvas an integer multiple n = ⌊2·R / 2r⌋ of the
+    output (R: the retina radius in the decoded image), then an exact n×n block mean; with the default
+    reduced decode n = 1: the warp runs at the output scale. `nearest=True` (masks) uses nearest neighbour.
     """
     h, w = image.shape[:2]
     size = 2 * radius
@@ -290,34 +189,63 @@ def crop_and_scale(
     matrix = np.array(
         [[k, 0.0, (x0 - circle.cx) * k + (big - 1) / 2], [0.0, k, (y0 - circle.cy) * k + (big - 1) / 2]]
     )
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_LINEAR if n > 1 else cv2.INTER_LANCZOS4)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     canvas = cv2.warpAffine(crop, matrix, (big, big), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    valid = cv2.warpAffine(np.full(crop.shape[:2], 255, np.uint8), matrix, (big, big), flags=cv2.INTER_NEAREST,
-                           borderValue=0)
+    # canvas pixels whose nearest source pixel (floor(u + 0.5)) lies in the crop: one test per row and column
+    valid_y = _inside(matrix[1, 2], k, big, y1 - y0)
+    valid_x = _inside(matrix[0, 2], k, big, x1 - x0)
     if n > 1:
-        canvas = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
-        valid = cv2.resize(valid, (size, size), interpolation=cv2.INTER_NEAREST)
+        canvas = canvas[::n, ::n] if nearest else area_reduce(canvas, n)
+        valid_y, valid_x = valid_y[::n], valid_x[::n]
     # the photo outside the crop box is background beyond the retina circle, so `valid` stays a superset
-    return canvas, valid > 0
+    return canvas, valid_y[:, None] & valid_x[None, :]
+
+
+def _inside(shift: float, scale: float, out_size: int, length: int) -> np.ndarray:
+    nearest = np.floor((np.arange(out_size) - shift) / scale + 0.5)
+    return (nearest >= 0) & (nearest < length)
+
+
+def local_average(image: np.ndarray, sigma: float, reduction: int = 1) -> np.ndarray:
+    """GaussianBlur(image, σ) as float32, computed on a copy area-reduced by `reduction` (σ/reduction there)
+    and brought back by bilinear interpolation: the blur keeps nothing finer than σ, so a σ ≥ 2 px grid
+    carries it (`PreprocessParams.blur_reduction` picks the factor); 1/16 of the work at the default."""
+    work = image.astype(np.float32)
+    if reduction > 1:
+        work = area_reduce(work, reduction)
+    small_sigma = sigma / reduction
+    k = gaussian_ksize(small_sigma)
+    blurred = cv2.GaussianBlur(work, (k, k), small_sigma, borderType=cv2.BORDER_REFLECT_101)
+    if reduction > 1:
+        blurred = cv2.resize(blurred, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return blurred
 
 
 def subtract_local_average(
-    image: np.ndarray, sigma: float, image_weight: float = 4.0, blur_weight: float = -4.0, offset: float = 128.0
+    image: np.ndarray, sigma: float, image_weight: float = 4.0, blur_weight: float = -4.0, offset: float = 128.0,
+    reduction: int = 1,
 ) -> np.ndarray:
     """Graham's colour normalisation: `image_weight·img + blur_weight·GaussianBlur(img, σ) + offset`.
 
     Subtracting the local average maps every photo's mean colour to 50 % grey, removing exposure and
-    pigmentation differences while amplifying vessels and lesions.
+    pigmentation differences while amplifying vessels and lesions. Rounded half to even, clipped to uint8.
     """
-    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
-    return cv2.addWeighted(image, image_weight, blurred, blur_weight, offset)
+    blurred = local_average(image, sigma, reduction)
+    return cv2.addWeighted(image.astype(np.float32), image_weight, blurred, blur_weight, offset, dtype=cv2.CV_8U)
+
+
+@functools.lru_cache(maxsize=32)
+def _disc(size: int, radius: float) -> np.ndarray:
+    c = (size - 1) / 2
+    yy, xx = np.ogrid[:size, :size]
+    disc = (xx - c) ** 2 + (yy - c) ** 2 <= radius**2
+    disc.setflags(write=False)
+    return disc
 
 
 def circle_mask(size: int, radius: float) -> np.ndarray:
     """Boolean disc of `radius` px centred in a size×size frame (pixel-centre geometry)."""
-    c = (size - 1) / 2
-    yy, xx = np.ogrid[:size, :size]
-    return (xx - c) ** 2 + (yy - c) ** 2 <= radius**2
+    return _disc(size, float(radius)).copy()
 
 
 def remove_rim(image: np.ndarray, radius: float, fill: float = 128.0, valid: np.ndarray | None = None) -> np.ndarray:
@@ -326,12 +254,11 @@ def remove_rim(image: np.ndarray, radius: float, fill: float = 128.0, valid: np.
     The blur in `subtract_local_average` mixes the black background into the edge of the retina, leaving
     a bright ring; cutting at 0.9 of the radius removes it.
     """
-    keep = circle_mask(image.shape[0], radius)
+    keep = _disc(image.shape[0], float(radius))
     if valid is not None:
-        keep &= valid
-    out = image.copy()
-    out[~keep] = np.uint8(round(fill))
-    return out
+        keep = keep & valid
+    out = np.full_like(image, np.uint8(round(fill)))
+    return cv2.copyTo(image, keep.view(np.uint8), out)
 
 
 def resize_to(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
@@ -350,7 +277,8 @@ def preprocess_fundus(image: np.ndarray, params: PreprocessParams, mask: np.ndar
     circle = find_retina(image, params)
     radius = params.work_radius
     canvas, valid = crop_and_scale(image, circle, radius)
-    out = subtract_local_average(canvas, params.sigma, params.image_weight, params.blur_weight, params.offset)
+    out = subtract_local_average(canvas, params.sigma, params.image_weight, params.blur_weight, params.offset,
+                                 params.blur_reduction)
     out = remove_rim(out, params.rim_fraction * radius, params.offset, valid)
     out = resize_to(out, params.image_size)
     out_mask = None

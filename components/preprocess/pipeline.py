@@ -33,7 +33,7 @@ from typing import Any
 from components.common import storage
 from components.common.config import CLASS_NAMES, check_modality, code_version
 from components.common.errors import ImageRejected, RetinaError
-from components.preprocess.ops import PreprocessParams
+from components.preprocess.params import PreprocessParams
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ _REJECTED_TMP = "_rejected"
 _SENTINEL = {"_sentinel": True}
 _REJECTED_TAG = "rejected"
 DEFAULT_RUNNER = "FnApiRunner"
+# More rejects than this fraction of the listed images fails the run instead of training on what is left.
+DEFAULT_MAX_REJECT_FRACTION = 0.1
 
 
 # ============================================================================ split planning
@@ -100,42 +102,20 @@ def plan_splits(
 
 
 # ============================================================================ per-image work (Beam DoFn)
-def _read_uri(uri: str) -> bytes:
-    """Read through Beam's filesystems (s3://, gs://, local…), so any runner's workers can reach the data."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
-
-
 def preprocess_record(item: dict[str, Any], params: PreprocessParams) -> dict[str, Any]:
-    """One listing item -> {split, label, example bytes}; raises ImageRejected with a readable reason."""
-    from components.preprocess.decode import decode_image, decode_mask, encode_png
+    """One listing item -> {split, label, example bytes}. Raises ImageRejected with a readable reason (the
+    file's own fault: dead letter) or TransientReadError (storage still failing after the client's
+    retries: the bundle fails and is retried, the image is not called bad)."""
+    from components.preprocess.decode import decode_for, decode_mask, encode_png
     from components.preprocess.ops import NoRetinaFound, preprocess_image
+    from components.preprocess.reading import read_image_bytes
     from components.preprocess.records import encode_example
 
     image_id = item["image_id"]
-    try:
-        data = _read_uri(item["uri"])
-    except Exception as exc:  # noqa: BLE001 - any storage failure is one bad record, not a failed run
-        raise ImageRejected(image_id, f"cannot read file ({type(exc).__name__})") from exc
-    image = decode_image(
-        data,
-        image_id,
-        target_size=params.image_size if params.reduced_decode else None,
-        color=params.modality == "fundus",
-        max_pixels=params.max_pixels,
-        margin=params.decode_oversample,
-    )
+    image = decode_for(read_image_bytes(item["uri"], image_id), image_id, params)
     mask = None
     if item.get("mask_uri"):
-        try:
-            mask = decode_mask(_read_uri(item["mask_uri"]), image_id, image.shape)
-        except ImageRejected:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ImageRejected(image_id, f"cannot read lesion mask ({type(exc).__name__})") from exc
+        mask = decode_mask(read_image_bytes(item["mask_uri"], image_id), image_id, image.shape)
     try:
         out = preprocess_image(image, params, mask)
     except NoRetinaFound as exc:
@@ -155,6 +135,8 @@ def preprocess_record(item: dict[str, Any], params: PreprocessParams) -> dict[st
 def _make_dofn(params_dict: dict[str, Any]) -> Any:
     import apache_beam as beam
     from apache_beam import pvalue
+
+    from components.preprocess.reading import TransientReadError
 
     class DecodeAndPreprocess(beam.DoFn):
         """Decode + preprocess; every failure goes to the `rejected` output instead of failing the bundle."""
@@ -180,6 +162,8 @@ def _make_dofn(params_dict: dict[str, Any]) -> Any:
             reason = None
             try:
                 result = preprocess_record(item, self.params)
+            except TransientReadError:
+                raise  # not the image's fault: fail the bundle, the runner retries it
             except ImageRejected as exc:
                 reason = exc.reason
             except Exception as exc:  # noqa: BLE001 - bad input never stops the run
@@ -320,6 +304,86 @@ def local_runner_args(beam_args: Sequence[str] | None) -> list[str]:
     return out
 
 
+@dataclass
+class Listing:
+    """Stage 1's result: the work items (one per image, split assigned) and what the listing refused."""
+
+    items: list[dict[str, Any]]
+    rejects: list[dict[str, str]]
+    planned: Counter
+    patients_moved: int
+
+
+def list_dataset(modality: str, input_uri: str, val_fraction: float, test_fraction: float, seed: int) -> Listing:
+    """Stage 1: list the raw dataset (its layout's reader) and split it by patient."""
+    from components.common.datasets import read_dataset
+
+    listing = read_dataset(input_uri, modality)
+    plan = plan_splits(listing.records, len(CLASS_NAMES[modality]), val_fraction, test_fraction, seed)
+    rejects = [{"image_id": p.name, "reason": p.reason} for p in listing.problems] + plan.rejected
+    items = [
+        {"image_id": rec.image_id, "patient_id": str(rec.patient_id), "label": int(rec.label), "uri": str(rec.uri),
+         "mask_uri": str(rec.mask_uri) if getattr(rec, "mask_uri", None) else "", "split": split}
+        for rec, split in sorted(plan.assignments, key=lambda a: a[0].image_id)
+    ]
+    return Listing(items, rejects, Counter(split for _, split in plan.assignments), plan.patients_moved)
+
+
+def run_beam(listing: Listing, params: PreprocessParams, output_uri: str, beam_args: Sequence[str] | None,
+             images_per_shard: int, say: Callable[[str], None]) -> tuple[str, dict[str, float]]:
+    """Stage 2: the Beam pipeline (decode + preprocess + shards + side files); returns (runner, timing)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    shards = {s: max(1, math.ceil(listing.planned[s] / images_per_shard)) for s in SPLITS if listing.planned[s]}
+    options = PipelineOptions(local_runner_args(beam_args))
+    runner = options.get_all_options().get("runner")
+    say(f"running Beam ({runner}) on {len(listing.items)} images")
+    wall_start = time.perf_counter()
+    with beam.Pipeline(options=options) as pipeline:
+        _build_pipeline(pipeline, listing.items, listing.rejects, params, output_uri, shards)
+    timing = {"wall_seconds": round(time.perf_counter() - wall_start, 3),
+              **_processing_time(pipeline, len(listing.items))}
+    return runner, timing
+
+
+def collect_outputs(output_uri: str, names: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Stage 3: per-split counts and shard lists from what Beam wrote; the dead letter as `rejected.jsonl`."""
+    per_split: dict[str, Counter] = defaultdict(Counter)
+    for key, n in _read_side_file(storage.join(output_uri, f"{_COUNTS}.jsonl")):
+        split, label = key.split("\t")
+        per_split[split][int(label)] += int(n)
+    rejected = sorted(_read_side_file(storage.join(output_uri, f"{_REJECTED_TMP}.jsonl")),
+                      key=lambda r: (r["image_id"], r["reason"]))
+    storage.write_text(storage.join(output_uri, REJECTED),
+                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        shard_uris = storage.list_uris(storage.join(output_uri, split), suffix=SHARD_SUFFIX)
+        if not shard_uris and not per_split.get(split):
+            continue
+        splits[split] = {
+            "count": sum(per_split[split].values()),
+            "per_class": {name: per_split[split].get(i, 0) for i, name in enumerate(names)},
+            "shards": [f"{split}/{storage.basename(u)}" for u in shard_uris],
+        }
+    return splits, rejected
+
+
+def check_reject_rate(num_written: int, rejected: list[dict[str, Any]], max_reject_fraction: float,
+                      output_uri: str) -> None:
+    """Stage 4: more rejects than `max_reject_fraction` of everything listed fails the run (no manifest is
+    written, so nothing trains on what is left); the commonest reasons say what went wrong."""
+    total = num_written + len(rejected)
+    rate = len(rejected) / total if total else 0.0
+    if rate <= max_reject_fraction:
+        return
+    common = Counter(r["reason"] for r in rejected).most_common(3)
+    reasons = "; ".join(f"{n}× {reason}" for reason, n in common)
+    raise RetinaError(f"{len(rejected)} of {total} images rejected ({rate:.1%} > max_reject_fraction "
+                      f"{max_reject_fraction:.1%}): {reasons}; see {storage.join(output_uri, REJECTED)}")
+
+
 def run_preprocess(
     modality: str,
     input_uri: str,
@@ -331,87 +395,52 @@ def run_preprocess(
     beam_args: Sequence[str] | None = None,
     images_per_shard: int = 1000,
     progress: Callable[[str], None] | None = None,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
 ) -> dict[str, Any]:
     """Preprocess the dataset at `input_uri` into TFRecord shards at `output_uri`; returns the manifest.
 
+    Stages: list + split by patient -> Beam (decode, preprocess, shards, dead letter) -> collect counts ->
+    check the reject rate -> write the manifest (last: a reader that finds it finds a complete dataset).
     `beam_args` (e.g. `--direct_num_workers=2`, `--runner=FlinkRunner --flink_master=…`) go to Beam as is.
     """
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from components.common.datasets import read_dataset
-
     say = progress or log.info
-    check_modality(modality)
-    params = params or PreprocessParams(modality=modality)
-    if params.modality != modality:
-        raise RetinaError(f"preprocessing parameters are for {params.modality!r}, not {modality!r}")
-    names = CLASS_NAMES[modality]
-
+    params = _check_params(modality, params)
     say(f"listing {modality} dataset at {input_uri}")
-    listing = read_dataset(input_uri, modality)
-    plan = plan_splits(listing.records, len(names), val_fraction, test_fraction, seed)
-    listing_rejects = [{"image_id": p.name, "reason": p.reason} for p in listing.problems] + plan.rejected
-    planned = Counter(split for _, split in plan.assignments)
-    say(f"{len(plan.assignments)} images to preprocess ({', '.join(f'{s} {planned[s]}' for s in SPLITS)}), "
-        f"{len(listing_rejects)} rejected by the listing, {plan.patients_moved} patients moved between splits")
-    items = [
-        {"image_id": rec.image_id, "patient_id": str(rec.patient_id), "label": int(rec.label), "uri": str(rec.uri),
-         "mask_uri": str(rec.mask_uri) if getattr(rec, "mask_uri", None) else "", "split": split}
-        for rec, split in sorted(plan.assignments, key=lambda a: a[0].image_id)
-    ]
-    shards = {s: max(1, math.ceil(planned[s] / images_per_shard)) for s in SPLITS if planned[s]}
-
+    listing = list_dataset(modality, input_uri, val_fraction, test_fraction, seed)
+    say(f"{len(listing.items)} images to preprocess ({', '.join(f'{s} {listing.planned[s]}' for s in SPLITS)}), "
+        f"{len(listing.rejects)} rejected by the listing, {listing.patients_moved} patients moved between splits")
     _clear_previous(output_uri)
-    beam_args = local_runner_args(beam_args)
-    options = PipelineOptions(beam_args)
-    runner = options.get_all_options().get("runner")
-    say(f"running Beam ({runner}) on {len(items)} images")
-    wall_start = time.perf_counter()
-    with beam.Pipeline(options=options) as pipeline:
-        _build_pipeline(pipeline, items, listing_rejects, params, output_uri, shards)
-    timing = {"wall_seconds": round(time.perf_counter() - wall_start, 3), **_processing_time(pipeline, len(items))}
-
-    per_split: dict[str, Counter] = defaultdict(Counter)
-    for key, n in _read_side_file(storage.join(output_uri, f"{_COUNTS}.jsonl")):
-        split, label = key.split("\t")
-        per_split[split][int(label)] += int(n)
-    rejected = sorted(_read_side_file(storage.join(output_uri, f"{_REJECTED_TMP}.jsonl")),
-                      key=lambda r: (r["image_id"], r["reason"]))
-    storage.write_text(storage.join(output_uri, REJECTED),
-                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
-
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        shard_uris = storage.list_uris(storage.join(output_uri, split), suffix=SHARD_SUFFIX)
-        if not shard_uris and not per_split.get(split):
-            continue
-        splits[split] = {
-            "count": sum(per_split[split].values()),
-            "per_class": {name: per_split[split].get(i, 0) for i, name in enumerate(names)},
-            "shards": [f"{split}/{storage.basename(u)}" for u in shard_uris],
-        }
+    runner, timing = run_beam(listing, params, output_uri, beam_args, images_per_shard, say)
+    splits, rejected = collect_outputs(output_uri, CLASS_NAMES[modality])
+    num_images = sum(s["count"] for s in splits.values())
+    check_reject_rate(num_images, rejected, max_reject_fraction, output_uri)
     manifest = {
-        "modality": modality,
-        "image_size": params.image_size,
-        "class_names": names,
-        "splits": splits,
-        "parameters": params.to_dict(),
-        "code_version": code_version(),
-        "rejected_count": len(rejected),
-        "patients_moved": plan.patients_moved,
-        "num_images": sum(s["count"] for s in splits.values()),
-        "input_uri": str(input_uri),
+        "modality": modality, "image_size": params.image_size, "class_names": CLASS_NAMES[modality],
+        "splits": splits, "parameters": params.to_dict(), "code_version": code_version(),
+        "rejected_count": len(rejected), "patients_moved": listing.patients_moved, "num_images": num_images,
+        "input_uri": str(input_uri), "runner": runner, "timing": timing,
         "split_rule": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction},
-        "runner": runner,
-        "timing": timing,
+        "max_reject_fraction": max_reject_fraction,
     }
     storage.write_json(storage.join(output_uri, MANIFEST), manifest)
     written = ", ".join(f"{name} {info['count']}" for name, info in splits.items())
     rate = f", {timing['images_per_second']:.1f} images/s in the workers" if timing.get("images_per_second") else ""
-    say(f"wrote {manifest['num_images']} images ({written}), "
-        f"{len(rejected)} rejected -> {output_uri} ({timing['wall_seconds']:.1f} s{rate})")
+    say(f"wrote {num_images} images ({written}), {len(rejected)} rejected -> {output_uri} "
+        f"({timing['wall_seconds']:.1f} s{rate})")
     return manifest
+
+
+def _check_params(modality: str, params: PreprocessParams | None) -> PreprocessParams:
+    check_modality(modality)
+    params = params or PreprocessParams(modality=modality)
+    if params.modality != modality:
+        raise RetinaError(f"preprocessing parameters are for {params.modality!r}, not {modality!r}")
+    return params
+
+
+def manifest_params(manifest: dict[str, Any]) -> PreprocessParams:
+    """The parameter object a dataset was preprocessed with, read back from its manifest."""
+    return PreprocessParams.from_dict(manifest["parameters"])
 
 
 def preprocess_to_artifact(
@@ -425,6 +454,7 @@ def preprocess_to_artifact(
     seed: int = 0,
     beam_args: str = "",
     params: str = "",
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
 ) -> dict[str, Any]:
     """What the KFP component does: run the pipeline, copy the manifest into the Dataset artifact's file,
     and return the manifest with `artifact_metadata` (the counts KFP shows on the artifact).
@@ -441,7 +471,8 @@ def preprocess_to_artifact(
         raise RetinaError(f"params must be a JSON object of preprocessing parameters, got {params!r}")
     settings = PreprocessParams.with_overrides(modality, image_size, overrides)
     manifest = run_preprocess(modality, input_uri, output_uri, settings, val_fraction=val_fraction,
-                              test_fraction=test_fraction, seed=seed, beam_args=shlex.split(beam_args or ""))
+                              test_fraction=test_fraction, seed=seed, beam_args=shlex.split(beam_args or ""),
+                              max_reject_fraction=max_reject_fraction)
     path = Path(artifact_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -28,9 +28,11 @@ def test_header_gives_size_without_decoding(big_retina_jpeg, encode):
 
 
 def test_reduction_is_the_largest_that_stays_above_target():
-    assert reduction_factor(3888, 2592, 512) == 2  # 1296 >= 2.2·512 > 648
-    assert reduction_factor(3888, 2592, 128) == 8
-    assert reduction_factor(3888, 2592, 512, margin=1.15) == 4
+    assert reduction_factor(3888, 2592, 512, margin=2.2) == 2  # 1296 >= 2.2·512 > 648
+    assert reduction_factor(3888, 2592, 128) == 4  # 1/8 (DC only) is never used
+    assert reduction_factor(3888, 2592, 512) == 4  # the default decode_oversample 1.15: 648 >= 1.15·512
+    assert PreprocessParams().decode_reduction(3888, 2592) == 4
+    assert PreprocessParams(reduced_decode=False).decode_reduction(3888, 2592) == 1
     assert reduction_factor(300, 200, 512) == 1
     assert reduction_factor(3888, 2592, None) == 1
 
@@ -39,7 +41,7 @@ def test_reduced_decode_is_smaller_and_matches_full_resolution_reference(big_ret
     params = PreprocessParams(image_size=128)
     reduced = decode_image(big_retina_jpeg, "x", target_size=128)
     full = decode_image(big_retina_jpeg, "x")
-    assert reduced.shape == (324, 486, 3) and full.shape == (1296, 1944, 3)
+    assert reduced.shape == (324, 486, 3) and full.shape == (1296, 1944, 3)  # 1/4, never 1/8
     ours = preprocess_image(reduced, params).image
     reference = reference_fundus(full, params)
     assert psnr(ours, reference) >= 35

@@ -65,7 +65,7 @@ def messy_run(fundus_raw: Path, encode, tmp_path_factory: pytest.TempPathFactory
         csv.write("\n".join(rows) + "\n")
     out = tmp_path_factory.mktemp("messy-out") / "data"
     manifest = run_preprocess("fundus", str(root), str(out), PreprocessParams(image_size=SIZE), seed=1,
-                              val_fraction=0.2, test_fraction=0.2)
+                              val_fraction=0.2, test_fraction=0.2, max_reject_fraction=1.0)
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     return {"manifest": manifest, "out": out, "rejected": rejected, "good_name": good_name,
             "rows": _shard_rows(str(out), manifest)}
