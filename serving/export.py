@@ -34,6 +34,7 @@ from typing import Any
 from components.common import storage
 from components.common.errors import RetinaError
 from components.common.heads import RegressionHead
+from components.preprocess.params import PreprocessParams
 
 SIGNATURE_TENSOR = "serving_default"
 SIGNATURE_IMAGE = "predict_image"
@@ -57,8 +58,9 @@ def model_info_dict(info: Any) -> dict[str, Any]:
             raise RetinaError(f"model info lacks {key!r}: cannot export a serving model without it")
     data.setdefault("head", "softmax")
     data.setdefault("modality", "fundus")
-    data.setdefault("preprocessing", {})
-    data["preprocessing"] = dict(data.get("preprocessing") or {})
+    # the one preprocessing parameter object, as the dataset manifest recorded it (defaults filled in)
+    data["preprocessing"] = PreprocessParams.for_model(data["modality"], int(data["image_size"]),
+                                                       data.get("preprocessing")).to_dict()
     return data
 
 
@@ -77,7 +79,7 @@ def build_serving_module(model: Any, info: Any, asset_dir: str | Path) -> tuple[
     num_classes = len(class_names)
     regression = meta["head"] == "regression"
     head = RegressionHead.for_classes(num_classes, meta.get("thresholds")) if regression else None
-    preprocess = tf_preprocess.make_preprocess_fn(meta["modality"], meta["preprocessing"], size)
+    preprocess = tf_preprocess.make_preprocess_fn(PreprocessParams.from_dict(meta["preprocessing"]))
 
     module = tf.Module()
     module.model = model
