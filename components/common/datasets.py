@@ -27,7 +27,8 @@ EYEPACS_LABELS = "trainLabels.csv"
 EYEPACS_IMAGE_DIR = "train"
 KERMANY_SPLITS = ("train", "test", "val")
 MASK_DIR = "masks"
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+# what both preprocessing paths (Beam and the serving graph) decode; anything else is a listing problem
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 _EYEPACS_ID = re.compile(r"^(?P<patient>\d+)_(?P<eye>left|right)$")
 _KERMANY_NAME = re.compile(r"^(?P<cls>[A-Z]+)-(?P<patient>\d+)-(?P<n>\d+)$")
