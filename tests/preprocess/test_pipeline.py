@@ -256,3 +256,61 @@ def test_cli_direct_runner_multi_processing_and_named_parameters(fundus_raw, tmp
     assert 0 < timing["processing_seconds"] <= timing["wall_seconds"] and timing["images_per_second"] > 0
     assert main(["preprocess", "--modality", "fundus", "--input", str(fundus_raw), "--output", str(out),
                  "--param", "rim_fraction"]) == 2
+
+
+def test_manifest_records_the_parameter_object(messy_run):
+    from components.preprocess.pipeline import manifest_params
+
+    assert manifest_params(messy_run["manifest"]) == PreprocessParams(image_size=SIZE)
+
+
+def test_reject_rate_above_the_threshold_fails_the_run_and_writes_no_manifest(fundus_raw, encode, tmp_path):
+    """2 of 5 images bad (40 %) > the default 10 %: the run fails naming the reasons; the dead letter is
+    written for the user, the manifest is not, so nothing trains on what is left."""
+    from components.common.errors import RetinaError
+
+    root = tmp_path / "raw"
+    (root / "train").mkdir(parents=True)
+    good = sorted((fundus_raw / "train").iterdir())[:3]
+    rows = ["image,level"] + [f"{p.stem},0" for p in good] + ["801_left,1", "802_left,1"]
+    for p in good:
+        (root / "train" / p.name).write_bytes(p.read_bytes())
+    (root / "train" / "801_left.jpeg").write_bytes(b"")
+    (root / "train" / "802_left.jpeg").write_bytes(encode.jpeg(np.zeros((64, 64, 3), np.uint8)))
+    (root / "trainLabels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(RetinaError, match=r"2 of 5 images rejected \(40\.0% > max_reject_fraction 10\.0%\)"):
+        run_preprocess("fundus", str(root), str(out), PreprocessParams(image_size=32))
+    assert not (out / "manifest.json").exists()
+    assert len((out / "rejected.jsonl").read_text().splitlines()) == 2
+
+
+def test_reject_rate_rule():
+    from components.common.errors import RetinaError
+    from components.preprocess.pipeline import check_reject_rate
+
+    check_reject_rate(9, [{"image_id": "a", "reason": "x"}], 0.1, "out")  # 10 % is allowed
+    with pytest.raises(RetinaError, match="1× x"):
+        check_reject_rate(8, [{"image_id": "a", "reason": "x"}, {"image_id": "b", "reason": "y"}], 0.1, "out")
+
+
+def test_component_default_threshold_is_the_pipelines():
+    import inspect
+
+    from components.preprocess.component import preprocess
+    from components.preprocess.pipeline import DEFAULT_MAX_REJECT_FRACTION
+
+    default = inspect.signature(preprocess.python_func).parameters["max_reject_fraction"].default
+    assert default == DEFAULT_MAX_REJECT_FRACTION
+
+
+def test_files_that_are_listed_are_readable(fundus_raw, tmp_path):
+    """A TIFF (neither path decodes it) is a listing problem, not an image that is listed and then rejected."""
+    from components.common.datasets import read_eyepacs
+
+    root = tmp_path / "raw"
+    shutil.copytree(fundus_raw, root)
+    (root / "train" / "990_left.tif").write_bytes(b"II*\x00")
+    listing = read_eyepacs(str(root))
+    assert "990_left" not in {r.image_id for r in listing.records}
+    assert any(p.name == "990_left.tif" for p in listing.problems)
