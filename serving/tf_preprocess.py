@@ -496,12 +496,12 @@ def _gaussian_blur(image: Any, sigma: float) -> Any:
 
 
 def _local_average(canvas: Any, params: PreprocessParams) -> Any:
-    """ops.local_average: block mean by `blur_reduction`, Gaussian σ/reduction, bilinear back up (float)."""
+    """ops.local_average: uint8 block mean by `blur_reduction`, Gaussian σ/reduction, bilinear back up (float)."""
     import tensorflow as tf
 
     reduction = params.blur_reduction
     size = 2 * params.work_radius
-    small = area_reduce(canvas, tf.constant(reduction), uint8=False) if reduction > 1 else canvas
+    small = area_reduce(canvas, tf.constant(reduction)) if reduction > 1 else canvas
     small = tf.ensure_shape(small, [size // reduction, size // reduction, 3])
     blurred = _gaussian_blur(small, params.sigma / reduction)
     if reduction > 1:

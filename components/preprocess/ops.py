@@ -11,6 +11,11 @@ top/bottom (EyePACS) or cropped to fill the whole frame, where the middle row is
 border (where the photo, not the retina, ends). `radius_from_middle_row` keeps Graham's estimate as a
 reference.
 
+The steps run at the output scale: from a DCT-reduced decode (`decode.decode_for`) one bilinear warp places
+the retina with sub-pixel accuracy directly at 2·radius (or at an integer multiple, block-averaged down),
+and the Gaussian runs on a copy reduced by `PreprocessParams.blur_reduction` (a σ = 8.5 px blur carries no
+detail a 4x coarser grid cannot hold). Every step has an exact TF twin in `serving/tf_preprocess.py`.
+
 Geometry is exact to the sub-pixel, and a lesion mask passed to `preprocess_image` goes through the same
 crop/scale/resize (nearest neighbour), so masks stay aligned with the preprocessed image.
 
@@ -30,9 +35,7 @@ import numpy as np
 
 from components.common.errors import RetinaError
 from components.preprocess.decode import area_reduce
-from components.preprocess.params import DENOISERS, SQUARE_MODES, PreprocessParams, gaussian_ksize
-
-__all__ = ["DENOISERS", "SQUARE_MODES", "PreprocessParams"]  # re-exported: the one parameter object
+from components.preprocess.params import DENOISERS, PreprocessParams, gaussian_ksize
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +104,19 @@ def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
 
 
 def _largest_outline(image: np.ndarray, params: PreprocessParams) -> tuple[list[np.ndarray], int]:
-    """(external outline of the largest bright connected region, its area in px)."""
+    """(external outline of the largest bright region, the number of mask pixels inside it)."""
     gray = _intensity(image)
     threshold = max(params.background_level, params.background_fraction * percentile_u8(gray, 99))
     mask = (gray > threshold).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count < 2:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
         return [], 0
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    contours, _ = cv2.findContours((labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return list(contours), int(stats[largest, cv2.CC_STAT_AREA])
+    largest = max(contours, key=cv2.contourArea)
+    x, y, w, h = cv2.boundingRect(largest)
+    inside = np.zeros((h, w), np.uint8)
+    cv2.drawContours(inside, [largest], -1, 1, thickness=cv2.FILLED, offset=(-x, -y))
+    return [largest], int(cv2.countNonZero(cv2.bitwise_and(inside, mask[y : y + h, x : x + w])))
 
 
 def retina_region(image: np.ndarray, params: PreprocessParams | None = None) -> np.ndarray:
@@ -207,15 +212,13 @@ def _inside(shift: float, scale: float, out_size: int, length: int) -> np.ndarra
 
 
 def local_average(image: np.ndarray, sigma: float, reduction: int = 1) -> np.ndarray:
-    """GaussianBlur(image, σ) as float32, computed on a copy area-reduced by `reduction` (σ/reduction there)
-    and brought back by bilinear interpolation: the blur keeps nothing finer than σ, so a σ ≥ 2 px grid
-    carries it (`PreprocessParams.blur_reduction` picks the factor); 1/16 of the work at the default."""
-    work = image.astype(np.float32)
-    if reduction > 1:
-        work = area_reduce(work, reduction)
+    """GaussianBlur(image, σ) as float32, computed on a uint8 copy block-averaged by `reduction` (σ/reduction
+    there) and brought back by bilinear interpolation: the blur keeps nothing finer than σ, so a σ ≥ 2 px
+    grid carries it (`PreprocessParams.blur_reduction` picks the factor); 1/16 of the work at the default."""
+    small = area_reduce(image, reduction).astype(np.float32)
     small_sigma = sigma / reduction
     k = gaussian_ksize(small_sigma)
-    blurred = cv2.GaussianBlur(work, (k, k), small_sigma, borderType=cv2.BORDER_REFLECT_101)
+    blurred = cv2.GaussianBlur(small, (k, k), small_sigma, borderType=cv2.BORDER_REFLECT_101)
     if reduction > 1:
         blurred = cv2.resize(blurred, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     return blurred
@@ -228,10 +231,11 @@ def subtract_local_average(
     """Graham's colour normalisation: `image_weight·img + blur_weight·GaussianBlur(img, σ) + offset`.
 
     Subtracting the local average maps every photo's mean colour to 50 % grey, removing exposure and
-    pigmentation differences while amplifying vessels and lesions. Rounded half to even, clipped to uint8.
+    pigmentation differences while amplifying vessels and lesions. Computed in float, rounded half to
+    even and clipped to uint8 once.
     """
     blurred = local_average(image, sigma, reduction)
-    return cv2.addWeighted(image.astype(np.float32), image_weight, blurred, blur_weight, offset, dtype=cv2.CV_8U)
+    return cv2.addWeighted(image, image_weight, blurred, blur_weight, offset, dtype=cv2.CV_8U)
 
 
 @functools.lru_cache(maxsize=32)
