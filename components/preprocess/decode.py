@@ -58,7 +58,11 @@ def _decode_pixels(data: bytes, header: ImageHeader, factor: int, color: bool) -
     table = _REDUCED_COLOR if color else _REDUCED_GRAY
     if header.format == "jpeg":
         return cv2.imdecode(np.frombuffer(data, np.uint8), table[factor] | _KEEP_ORIENTATION)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), table[1] | _KEEP_ORIENTATION)
+    # a colour PNG for a grey target: decoded in colour, then OpenCV's BT.601 (what the serving graph mirrors)
+    flags = cv2.IMREAD_COLOR if header.channels == 3 else table[1]
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _KEEP_ORIENTATION)
+    if image is not None and not color and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     return None if image is None else area_reduce(image, factor)
 
 

@@ -109,7 +109,8 @@ def images(retina_rgb) -> dict[str, dict[str, bytes]]:
     scan = render_oct(1, rng, size=384)[0]
     return {"fundus": {"real-eyepacs.jpg": _jpeg(frame), "real.jpg": _jpeg(retina_rgb), "synthetic.jpg": _jpeg(photo),
                        "synthetic.png": _png(photo)},
-            "oct": {"synthetic.jpg": _jpeg(scan), "synthetic-wide.png": _png(np.ascontiguousarray(scan[:, :300]))}}
+            "oct": {"synthetic.jpg": _jpeg(scan), "synthetic-wide.png": _png(np.ascontiguousarray(scan[:, :300])),
+                    "synthetic-colour.png": _png(np.dstack([scan, (scan * 0.8).astype(np.uint8), scan // 2]))}}
 
 
 def _beam(data: bytes, params: PreprocessParams) -> np.ndarray | str:
