@@ -258,7 +258,18 @@ def _bad_inputs(draw_fundus) -> dict[str, tuple[bytes, str]]:
         "16-bit": (cv2.imencode(".png", photo.astype(np.uint16) * 257)[1].tobytes(), header.NOT_8_BIT),
         "tiny": (_jpeg(photo[:10, :10]), header.TOO_SMALL),
         "corrupt-jpeg-header": (b"\xff\xd8\xff\x00garbage" * 4, header.CORRUPT_JPEG_HEADER),
+        "cmyk": (_cmyk_jpeg(photo), header.NOT_RGB_JPEG),
     }
+
+
+def _cmyk_jpeg(rgb: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image  # scikit-image's dependency; OpenCV cannot write CMYK
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, format="JPEG")
+    return buf.getvalue()
 
 
 @pytest.mark.slow
