@@ -1,9 +1,8 @@
-"""`retina serve` (the local TF-Serving-compatible gRPC server) and `retina predict` (its client).
+"""`retina serve` (the local TF-Serving-compatible server) and `retina predict` (its client).
 
-`serve` takes TF Serving's own flag spellings (`--port`, `--model_name`, `--model_base_path`,
-`--model_config_file`, `--file_system_poll_wait_seconds`, `--enable_batching`, ...) as well as dashed
-aliases, so a command line written for `tensorflow_model_server` works here unchanged.
-TensorFlow is imported inside the command functions only.
+`serve` takes every `tensorflow_model_server` flag with its name and default (`serving.options`) as well
+as dashed aliases, so a command line written for the real binary works here unchanged. `predict` never
+imports TensorFlow (`serving.client`), so a call returns in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -19,35 +17,17 @@ from components.common.errors import RetinaError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from serving.options import add_server_flags
+
     serve = subparsers.add_parser(
         "serve",
-        help="serve SavedModels over the TF Serving gRPC API (PredictionService, ModelService)",
-        description="Load <base>/<model>/<int version>/ (local or s3://) like tensorflow_model_server, serve "
-        "the latest version (or those the config's version policy names), pick up new versions by polling, "
-        "and answer Predict / GetModelMetadata / Classify / GetModelStatus / HandleReloadConfigRequest.",
+        help="a TF-Serving-compatible model server (gRPC + REST, tensorflow_model_server's flags)",
+        description="Load <base>/<model>/<version>/ (local or s3://) like tensorflow_model_server and serve it "
+        "over TF Serving's gRPC API (Predict, Classify, Regress, MultiInference, GetModelMetadata, "
+        "GetModelStatus, HandleReloadConfigRequest, grpc.health.v1) and, with --rest_api_port, its REST API. "
+        "Every tensorflow_model_server flag is accepted; those without meaning here are logged as ignored.",
     )
-    source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model_config_file", "--model-config-file", "--model-config", dest="model_config_file",
-                        help="text ModelServerConfig (models.config), local or s3://")
-    source.add_argument("--model_base_path", "--model-base-path", dest="model_base_path",
-                        help="the model's folder holding integer versions (a repository root works too)")
-    serve.add_argument("--model_name", "--model-name", dest="model_name", default="default",
-                       help="model name with --model_base_path (default: default, as TF Serving)")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
-    serve.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds", "--poll-interval",
-                       dest="poll_interval", type=float, default=2.0,
-                       help="seconds between checks for new versions (0 disables; default 2)")
-    serve.add_argument("--model_config_file_poll_wait_seconds", "--model-config-file-poll-wait-seconds",
-                       dest="config_poll_interval", type=float, default=None,
-                       help="seconds between re-reads of the config file (default: the version poll interval)")
-    serve.add_argument("--enable_batching", "--enable-batching", dest="enable_batching", nargs="?", const="true",
-                       default="false", help="merge concurrent requests into one model call")
-    serve.add_argument("--max_batch_size", "--max-batch-size", dest="max_batch_size", type=int, default=64,
-                       help="largest batch one request (or one merged call) may have (default 64)")
-    serve.add_argument("--rest_api_port", "--rest-api-port", dest="rest_api_port", type=int, default=0,
-                       help="accepted for compatibility; this server speaks gRPC only")
+    add_server_flags(serve)
     serve.set_defaults(func=_serve)
 
     predict = subparsers.add_parser(
@@ -65,29 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     predict.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     predict.add_argument("--json", action="store_true", help="print one JSON document")
+    predict.add_argument("--rest", action="store_true",
+                         help="use the REST API (--server is then host:rest_port, e.g. 127.0.0.1:8501)")
     predict.set_defaults(func=_predict)
 
 
-def _truthy(value: str) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from serving.options import options_from_args
     from serving.server import start_server
 
-    if args.rest_api_port:
-        print("retina serve: note: no REST API here; gRPC only (--rest_api_port ignored)", file=sys.stderr)
-    server = start_server(
-        model_config_file=args.model_config_file,
-        model_base_path=args.model_base_path,
-        model_name=args.model_name,
-        port=args.port,
-        host=args.host,
-        poll_interval_s=args.poll_interval,
-        config_poll_interval_s=args.config_poll_interval,
-        max_batch_size=args.max_batch_size,
-        enable_batching=_truthy(args.enable_batching),
-    )
+    if args.show_version:
+        print("retina serve (TF Serving API compatible)")
+        return 0
+    options = options_from_args(args)
+    server = start_server(options)
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
@@ -96,7 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     models = ", ".join(e.name for e in server.manager.entries())
-    print(f"retina serve: serving {models} on {args.host}:{server.port} (gRPC, TF Serving API)", flush=True)
+    rest = f", REST on {options.host}:{server.rest_port}" if server.rest_port else ""
+    print(f"retina serve: serving {models}: gRPC on {options.host}:{server.port}{rest}", flush=True)
     try:
         while not stopping.wait(0.5):
             pass
@@ -123,15 +95,15 @@ def _read_image(uri: str) -> bytes:
 
 
 def predict_files(server: str, model: str, uris: list[str], version: int | None = None, label: str | None = None,
-                  timeout: float = 30.0, batch_size: int = 16) -> dict[str, object]:
+                  timeout: float = 30.0, batch_size: int = 16, rest: bool = False) -> dict[str, object]:
     """Read the files, send them in batches, return {model, version, class_names, predictions: [...]}."""
-    from serving.client import ServingClient
+    from serving.client import RestClient, ServingClient
 
     files = [(uri, _read_image(uri)) for uri in uris]  # every file checked before the first request
     predictions: list[dict[str, object]] = []
     class_names: list[str] = []
     served_version = None
-    with ServingClient(server, timeout=timeout) as client:
+    with (RestClient if rest else ServingClient)(server, timeout=timeout) as client:
         for start in range(0, len(files), max(1, batch_size)):
             chunk = files[start:start + batch_size]
             result = client.predict_images(model, [data for _, data in chunk], version=version, label=label)
@@ -165,7 +137,7 @@ def format_table(result: dict[str, object]) -> str:
 
 def _predict(args: argparse.Namespace) -> int:
     result = predict_files(args.server, args.model, args.images, version=args.version, label=args.label,
-                           timeout=args.timeout, batch_size=args.batch_size)
+                           timeout=args.timeout, batch_size=args.batch_size, rest=args.rest)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

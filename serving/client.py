@@ -1,6 +1,9 @@
 """gRPC client for the TF Serving API: the local `retina serve` server and the real `tensorflow/serving` alike.
 
-Uses only the official `tensorflow_serving.apis` stubs. gRPC failures become `ServingError` (a RetinaError)
+Uses only the official `tensorflow_serving.apis` stubs and numpy: tensors are built by `serving.tensors`
+and the protos imported through `serving.protos`, so TensorFlow's runtime is never started (a call
+returns in well under a second, with no TensorFlow log lines). `RestClient` does the same over TF
+Serving's REST API. gRPC failures become `ServingError` (a RetinaError)
 with one line a user can act on: the server is unreachable, the model/version/label does not exist, or
 the request was rejected and why.
 """
@@ -29,6 +32,10 @@ class ServingClient:
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT_S):
         import grpc
+
+        from serving import protos
+
+        protos.load()
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.address = address
@@ -82,9 +89,10 @@ class ServingClient:
                 version: int | None = None, label: str | None = None,
                 output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
         """Low level: numpy/TensorProto inputs -> numpy outputs of any signature."""
-        import tensorflow as tf
         from tensorflow.core.framework import tensor_pb2
         from tensorflow_serving.apis import predict_pb2
+
+        from serving import tensors
 
         request = predict_pb2.PredictRequest()
         self.model_spec(request.model_spec, model, version, label, signature)
@@ -92,10 +100,11 @@ class ServingClient:
             if isinstance(value, tensor_pb2.TensorProto):
                 request.inputs[key].CopyFrom(value)
             else:
-                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+                tensors.from_array(value if isinstance(value, np.ndarray) else np.asarray(value),
+                                   request.inputs[key])
         request.output_filter.extend(output_filter or [])
         response = self._call(self.prediction.Predict, request, f"model {_describe(model, version, label)}")
-        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        outputs = {k: tensors.to_array(v, k, 1 << 62) for k, v in response.outputs.items()}
         outputs["_version"] = np.asarray(response.model_spec.version.value)
         return outputs
 
@@ -117,8 +126,9 @@ class ServingClient:
 
     def model_status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
         """[{version, state (AVAILABLE, LOADING, END, ...), error_code, error_message}] per version."""
-        from tensorflow.core.protobuf import error_codes_pb2
         from tensorflow_serving.apis import get_model_status_pb2
+
+        from serving.status import NAMES
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self.model_spec(request.model_spec, model, version, label)
@@ -127,7 +137,7 @@ class ServingClient:
             {
                 "version": int(s.version),
                 "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
-                "error_code": error_codes_pb2.Code.Name(s.status.error_code),
+                "error_code": NAMES.get(int(s.status.error_code), str(s.status.error_code)),
                 "error_message": s.status.error_message,
             }
             for s in response.model_version_status
@@ -192,3 +202,73 @@ def _result(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     if "grade" in outputs:
         result["grade"] = np.asarray(outputs["grade"], np.float32)
     return result
+
+
+class RestClient:
+    """`predict_images` over TF Serving's REST API (`POST /v1/models/{m}[...]:predict`), stdlib HTTP only."""
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT_S):
+        self.address = address if address.startswith("http") else f"http://{address}"
+        self.timeout = timeout
+
+    def close(self) -> None:
+        """Nothing to release: one HTTP connection per call."""
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def url(self, model: str, version: int | None = None, label: str | None = None, verb: str = "") -> str:
+        from urllib.parse import quote
+
+        if version is not None and label:
+            raise ServingError("give a version or a label, not both", "INVALID_ARGUMENT")
+        path = f"{self.address}/v1/models/{quote(model, safe='')}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        elif label:
+            path += f"/labels/{quote(label, safe='')}"
+        return path + verb
+
+    def call(self, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request; TF Serving's `{"error": ...}` bodies become ServingError with the HTTP status."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - our own URL
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", "")
+            except ValueError:
+                message = exc.reason
+            code = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE",
+                    504: "DEADLINE_EXCEEDED"}.get(exc.code, "UNKNOWN")
+            raise ServingError(f"{url} failed ({exc.code} {code}): {message}", code) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServingError(f"cannot reach the model server at {self.address} ({exc})", "UNAVAILABLE") from exc
+
+    def predict_images(self, model: str, images: list[bytes], version: int | None = None,
+                       label: str | None = None) -> dict[str, Any]:
+        """Encoded files -> `predict_image` over REST (row format, `{"b64": ...}` values)."""
+        import base64
+
+        if not images:
+            raise ServingError("no images to send", "INVALID_ARGUMENT")
+        body = {"signature_name": "predict_image",
+                "instances": [{"b64": base64.b64encode(data).decode("ascii")} for data in images]}
+        rows = self.call(self.url(model, version, label, ":predict"), body)["predictions"]
+        # The predict answer carries no version; the metadata of the same model spec does.
+        served = int(self.call(self.url(model, version, label, "/metadata"))["model_spec"]["version"])
+        outputs = {key: np.asarray([row[key] for row in rows], dtype=object if key == "class_names" else None)
+                   for key in rows[0]}
+        outputs["class_names"] = np.asarray([[str(n).encode("utf-8") for n in row["class_names"]] for row in rows],
+                                            dtype=object)
+        outputs["_version"] = np.asarray(served)
+        return _result(outputs)

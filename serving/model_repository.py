@@ -92,14 +92,20 @@ def list_versions(base_path: str, model_name: str) -> list[int]:
 def list_model_versions(model_folder: str) -> list[int]:
     """Complete versions directly under a model folder, ascending. Non-numeric folders are ignored, as TF
     Serving ignores them (staging folders such as `.1.tmp` or `_tmp` never count)."""
-    root = model_folder
-    versions = []
-    for name in storage.list_dirs(root):
-        if not name.isdigit():
+    return sorted(list_version_folders(model_folder))
+
+
+def list_version_folders(model_folder: str) -> dict[int, str]:
+    """{version: folder name} of the complete versions under a model folder. TF Serving reads a folder
+    name as a number, so `00000123` (its own example models) is version 123 — and is loaded from
+    `00000123`, not from `123`. Two folders naming the same number: the first in name order wins."""
+    folders: dict[int, str] = {}
+    for name in sorted(storage.list_dirs(model_folder)):
+        if not name.isdigit() or int(name) in folders:
             continue
-        if is_version_present(storage.join(root, name)):
-            versions.append(int(name))
-    return sorted(versions)
+        if is_version_present(storage.join(model_folder, name)):
+            folders[int(name)] = name
+    return folders
 
 
 def next_version(base_path: str, model_name: str) -> int:
@@ -140,13 +146,18 @@ def download_version(version_uri: str, cache_dir: str | Path) -> Path:
 def parse_models_config(text: str, source: str = "models.config") -> list[ModelEntry]:
     """Text-format `ModelServerConfig` -> entries. Raises ModelConfigError naming the file on bad input."""
     from google.protobuf import text_format
+
+    from serving import protos
+
+    protos.load()  # the config protos without starting TensorFlow
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise ModelConfigError(f"cannot parse {source}: {exc}") from exc
+        raise ModelConfigError(f"cannot parse {source}: Error parsing text-format "
+                               f"tensorflow.serving.ModelServerConfig: {exc}") from exc
     if config.WhichOneof("config") == "custom_model_config":
         raise ModelConfigError(f"custom_model_config is not supported: {source}")
     entries = []
@@ -174,6 +185,10 @@ def parse_models_config(text: str, source: str = "models.config") -> list[ModelE
 def format_models_config(entries: list[ModelEntry | dict[str, Any]]) -> str:
     """Entries -> text-format `ModelServerConfig` (what TF Serving's `--model_config_file` reads)."""
     from google.protobuf import text_format
+
+    from serving import protos
+
+    protos.load()  # the config protos without starting TensorFlow
     from tensorflow_serving.config import model_server_config_pb2
 
     config = model_server_config_pb2.ModelServerConfig()

@@ -1,0 +1,286 @@
+"""Predict, Classify, Regress, MultiInference and GetModelMetadata on one loaded version.
+
+Each function takes the version the request resolved to and the request proto, and returns the response
+proto, raising `ServingStatus` with TF Serving's code and wording (predict_util.cc, classifier.cc,
+regressor.cc, multi_inference.cc, get_model_metadata_impl.cc). The gRPC servicers, the REST handlers and
+warmup replay all call these, so the three paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from serving import tensors
+from serving.servable import LoadedVersion
+from serving.status import ServingStatus, invalid_argument
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _set_spec(spec: Any, lv: LoadedVersion, signature_name: str | None) -> None:
+    spec.name = lv.name
+    spec.version.value = lv.version
+    if signature_name is not None:
+        spec.signature_name = signature_name
+
+
+# --------------------------------------------------------------------------- Predict
+def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int) -> dict[str, np.ndarray]:
+    """Request tensors as arrays, checked as TF Serving checks them; sizes before any array is built."""
+    expected, sent = set(signature.inputs), set(request_inputs.keys())
+    if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
+        raise invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sorted(sent))}}}) "
+            f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
+    for alias in sorted(sent - expected):
+        raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
+                               f"set {{{','.join(sorted(expected))}}}.")
+    total = 0
+    for index, alias in enumerate(sorted(sent)):
+        proto, info = request_inputs[alias], signature.inputs[alias]
+        if proto.dtype != info.dtype:
+            raise invalid_argument(f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
+                                   f"{tensors.dtype_name(proto.dtype)} is provided")
+        tensors.check_declared_size(proto, alias, max_bytes - total)
+        total += _declared_bytes(proto)
+    return {alias: tensors.to_array(request_inputs[alias], alias, max_bytes) for alias in sorted(sent)}
+
+
+def _declared_bytes(proto: Any) -> int:
+    count = int(np.prod([d.size for d in proto.tensor_shape.dim], dtype=object)) if proto.tensor_shape.dim else 1
+    dtype = tensors.numpy_dtype(proto.dtype)
+    if dtype is object:
+        return sum(len(s) for s in proto.string_val) or count
+    return count * np.dtype(dtype).itemsize
+
+
+def output_aliases(signature: Any, output_filter: Any) -> list[str]:
+    aliases: list[str] = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                                   f"the set {{{','.join(sorted(signature.outputs))}}}.")
+        if alias in aliases:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        aliases.append(alias)
+    return aliases or sorted(signature.outputs)
+
+
+def batchable(inputs: dict[str, np.ndarray]) -> bool:
+    """Merging needs a shared 0th dimension (TF Serving's batching session refuses other requests too)."""
+    sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
+    return bool(inputs) and None not in sizes and len(sizes) == 1
+
+
+def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool) -> Any:
+    from tensorflow_serving.apis import predict_pb2
+
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = lv.signature(signature_name)
+    inputs = predict_inputs(signature, request.inputs, max_bytes)
+    aliases = output_aliases(signature, request.output_filter)
+    if batching and not batchable(inputs):
+        raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
+    outputs = lv.run(signature_name, inputs, aliases)
+    response = predict_pb2.PredictResponse()
+    _set_spec(response.model_spec, lv, signature_name)
+    for alias in aliases:
+        tensors.from_array(outputs[alias], response.outputs[alias], as_content=False)
+    return response
+
+
+# --------------------------------------------------------------------------- Classify / Regress
+def serialized_examples(input_proto: Any) -> list[bytes]:
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        examples = list(input_proto.example_list.examples)
+    elif kind == "example_list_with_context":
+        context = input_proto.example_list_with_context.context
+        examples = []
+        for example in input_proto.example_list_with_context.examples:
+            merged = type(example)()
+            merged.CopyFrom(context)
+            merged.MergeFrom(example)
+            examples.append(merged)
+    else:
+        raise invalid_argument("Input is empty.")
+    if not examples:
+        raise invalid_argument("Input is empty.")
+    return [e.SerializeToString() for e in examples]
+
+
+def _example_signature(lv: LoadedVersion, signature_name: str, method: str, method_check: bool) -> Any:
+    signature = lv.signature_defs.get(signature_name)
+    if signature is None:
+        raise invalid_argument(f"No signature was found with the name: {signature_name}")
+    kind = "classification" if method == CLASSIFY_METHOD else "regression"
+    if method_check and signature.method_name != method:
+        raise invalid_argument(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if "inputs" not in signature.inputs:
+        raise invalid_argument(f"No {kind} inputs found in SignatureDef: {signature}")
+    return signature
+
+
+def classification_outputs(signature: Any) -> list[str]:
+    if len(signature.outputs) not in (1, 2):
+        raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    names = [k for k in ("classes", "scores") if k in signature.outputs]
+    if not names:
+        raise invalid_argument('Expected classification signature outputs to contain at least one of "classes" '
+                               f'or "scores". Signature was: {signature}')
+    return names
+
+
+def fill_classifications(result: Any, outputs: dict[str, np.ndarray], n: int) -> None:
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    for name, array in (("classes", classes), ("scores", scores)):
+        if array is None:
+            continue
+        if array.ndim != 2:
+            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {list(array.shape)}")
+        if array.shape[0] != n:
+            raise invalid_argument(f"Expected {name} output batch size of {n}. Got: {array.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. "
+                               f"{scores.shape[1]}")
+    width = (classes if classes is not None else scores).shape[1]
+    for row in range(n):
+        classifications = result.classifications.add()
+        for col in range(width):
+            item = classifications.classes.add()
+            if classes is not None:
+                value = classes[row, col]
+                item.label = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            if scores is not None:
+                item.score = float(scores[row, col])
+
+
+def fill_regressions(result: Any, values: np.ndarray, n: int) -> None:
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+        raise invalid_argument("Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                               f"{list(values.shape)}")
+    if values.shape[0] != n:
+        raise invalid_argument(f"Expected output batch size to be {n}. Got: {values.shape[0]}")
+    for value in values.reshape(n):
+        result.regressions.add().value = float(value)
+
+
+def _run_examples(lv: LoadedVersion, signature_name: str, examples: list[bytes], aliases: list[str]) -> dict:
+    array = np.empty(len(examples), dtype=object)
+    array[:] = examples
+    return lv.run(signature_name, {"inputs": array}, aliases)
+
+
+def classify(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any:
+    from tensorflow_serving.apis import classification_pb2
+
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = _example_signature(lv, name, CLASSIFY_METHOD, method_check)
+    aliases = classification_outputs(signature)
+    examples = serialized_examples(request.input)
+    outputs = _run_examples(lv, name, examples, aliases)
+    response = classification_pb2.ClassificationResponse()
+    _set_spec(response.model_spec, lv, name)
+    fill_classifications(response.result, outputs, len(examples))
+    return response
+
+
+def regress(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any:
+    from tensorflow_serving.apis import regression_pb2
+
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = _example_signature(lv, name, REGRESS_METHOD, method_check)
+    if len(signature.outputs) != 1:
+        raise invalid_argument("Expected one output Tensor.")
+    if "outputs" not in signature.outputs:
+        raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
+    examples = serialized_examples(request.input)
+    outputs = _run_examples(lv, name, examples, ["outputs"])
+    response = regression_pb2.RegressionResponse()
+    _set_spec(response.model_spec, lv, name)
+    fill_regressions(response.result, outputs["outputs"], len(examples))
+    return response
+
+
+def multi_inference(lv: LoadedVersion, request: Any) -> Any:
+    """Several classify/regress signatures of one model over the same examples, in one run."""
+    from tensorflow_serving.apis import inference_pb2
+
+    if not request.tasks:
+        raise invalid_argument("Tasks is empty.")
+    seen: set[str] = set()
+    plans = []
+    for task in request.tasks:
+        if task.model_spec.name != request.tasks[0].model_spec.name:
+            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if name in seen:
+            raise invalid_argument(f"Duplicate evaluation of signature: {name}")
+        seen.add(name)
+        if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
+        signature = _example_signature(lv, name, task.method_name, False)
+        plans.append((task, name, signature))
+    if len({s.inputs["inputs"].name for _, _, s in plans}) != 1:
+        raise invalid_argument("Input tensor must be the same for all Signatures.")
+    examples = serialized_examples(request.input)
+    response = inference_pb2.MultiInferenceResponse()
+    for task, name, signature in plans:
+        result = response.results.add()
+        _set_spec(result.model_spec, lv, name)
+        if task.method_name == CLASSIFY_METHOD:
+            outputs = _run_examples(lv, name, examples, classification_outputs(signature))
+            fill_classifications(result.classification_result, outputs, len(examples))
+        else:
+            outputs = _run_examples(lv, name, examples, ["outputs"])
+            fill_regressions(result.regression_result, outputs["outputs"], len(examples))
+    return response
+
+
+# --------------------------------------------------------------------------- metadata
+def metadata(lv: LoadedVersion, request: Any) -> Any:
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    fields = list(request.metadata_field)
+    if not fields:
+        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+    for name in fields:
+        if name != "signature_def":
+            raise invalid_argument(f"Metadata field {name} is not supported")
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    _set_spec(response.model_spec, lv, None)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in lv.signature_defs.items():
+        signature_map.signature_def[name].CopyFrom(signature)
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+# --------------------------------------------------------------------------- warmup
+def replay_warmup(lv: LoadedVersion, records: list[Any], iterations: int, max_bytes: int) -> int:
+    """Run every PredictionLog record against this version (before it is AVAILABLE); returns calls made.
+    A failing record fails the load, as in TF Serving."""
+    calls = 0
+    for record in records:
+        kind = record.WhichOneof("log_type")
+        for _ in range(max(1, iterations)):
+            if kind == "predict_log":
+                predict(lv, record.predict_log.request, max_bytes, batching=False)
+            elif kind == "classify_log":
+                classify(lv, record.classify_log.request)
+            elif kind == "regress_log":
+                regress(lv, record.regress_log.request)
+            elif kind == "multi_inference_log":
+                multi_inference(lv, record.multi_inference_log.request)
+            else:
+                raise ServingStatus("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
+            calls += 1
+    return calls

@@ -1,0 +1,268 @@
+"""Which versions of which models are served: loading, warmup, retries, labels, unloading.
+
+Like TF Serving's ServerCore / AspiredVersionsManager:
+
+- a model folder's numeric sub-folders are its versions (`00000123` is version 123, loaded from that
+  folder); the version policy (`latest` N, `all`, `specific`) says which to serve;
+- a new version is loaded (and, with `--enable_model_warmup`, its warmup records replayed) *before* it
+  is published; the table of served versions is replaced in one assignment, and a request keeps the
+  version it resolved (`LoadedVersion.use()`), so a swap never fails a request in flight;
+- a failed load is retried `max_num_load_retries` times, `load_retry_interval_micros` apart, on the
+  poll thread (state LOADING with the error meanwhile, END with the error after the last try);
+- an unloaded version is closed on its own thread (UNLOADING -> END): its session, batch threads and
+  downloaded copy are freed once its last request has finished;
+- labels must point at available versions (FAILED_PRECONDITION otherwise) unless
+  `--allow_version_labels_for_unavailable_models` allows a new label to wait for its version.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common import storage
+from serving import model_repository as repo
+from serving.options import BatchingParameters, ServerOptions
+from serving.servable import LoadedVersion, load_session, read_warmup_records
+from serving.status import ServingStatus, failed_precondition, invalid_argument, not_found
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VersionState:
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END (ModelVersionStatus.State)
+    error_code: str = "OK"
+    error_message: str = ""
+    attempts: int = 0
+    retry_at: float = 0.0
+
+
+@dataclass
+class ServedModel:
+    entry: repo.ModelEntry
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)  # replaced whole, never mutated
+    states: dict[int, VersionState] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+class ModelManager:
+    """Keeps the served versions of every model in line with the repository and the config."""
+
+    def __init__(self, entries: list[repo.ModelEntry], cache_dir: Path, options: ServerOptions,
+                 batching: BatchingParameters | None = None,
+                 on_event: Callable[[str, str, int, str], None] | None = None):
+        self._cache_dir = cache_dir
+        self._options = options
+        self._batching = batching
+        self._on_event = on_event or (lambda *a: None)
+        self._models: dict[str, ServedModel] = {}
+        self._refresh_lock = threading.Lock()
+        self._unloaders: list[threading.Thread] = []
+        self.warmup_calls: dict[tuple[str, int], int] = {}
+        self.apply_config(entries)
+
+    # ------------------------------------------------------------ config and polling
+    def apply_config(self, entries: list[repo.ModelEntry]) -> None:
+        """Serve exactly these models: load what is new first, check labels, then swap and unload.
+
+        A label naming a version that is not available raises FAILED_PRECONDITION and changes nothing
+        (what was loaded for the rejected config is unloaded again)."""
+        with self._refresh_lock:
+            new_models = {}
+            for entry in entries:
+                old = self._models.get(entry.name)
+                same = old is not None and old.entry.base_path == entry.base_path
+                new_models[entry.name] = ServedModel(entry, old.versions, old.states, old.labels) if same \
+                    else ServedModel(entry)
+            plans = {name: self._load_new_versions(served) for name, served in new_models.items()}
+            try:
+                labels = {name: self._check_labels(served, *plans[name]) for name, served in new_models.items()}
+            except ServingStatus:
+                for name, (loaded, _) in plans.items():
+                    self._unload([lv for v, lv in loaded.items() if v not in new_models[name].versions])
+                raise
+            for name, served in new_models.items():
+                served.labels = labels[name]
+                self._swap_in(served, *plans[name])
+            removed = [m for name, m in self._models.items() if name not in new_models]
+            self._models = new_models
+            for served in removed:
+                self._unload(list(served.versions.values()), served)
+                log.info("model %s removed from the config", served.entry.name)
+
+    def _check_labels(self, served: ServedModel, loaded: dict[int, LoadedVersion], wanted: set[int]) -> dict:
+        allow_new = self._options.allow_version_labels_for_unavailable_models
+        for label, version in served.entry.labels.items():
+            available = version in loaded and version in wanted
+            is_new = served.labels.get(label) in (None, version)
+            if not available and not (allow_new and is_new):
+                raise failed_precondition(
+                    f"Request to assign label to version {version} of model {served.entry.name}, which is not "
+                    "currently available for inference")
+        return dict(served.entry.labels)
+
+    def refresh(self) -> None:
+        """One poll: pick up new versions, retry failed loads that are due, drop unwanted versions."""
+        with self._refresh_lock:
+            for served in list(self._models.values()):
+                try:
+                    self._swap_in(served, *self._load_new_versions(served))
+                except Exception:  # noqa: BLE001 - one model's trouble must not stop the others
+                    log.exception("poll of model %s failed", served.entry.name)
+
+    def _wanted(self, entry: repo.ModelEntry, present: list[int]) -> set[int]:
+        if entry.version_policy == "all":
+            chosen = present
+        elif entry.version_policy == "specific":
+            chosen = [v for v in present if v in set(entry.versions)]
+        else:
+            chosen = present[-max(1, entry.num_versions):]
+        # A labelled version stays loaded even when the policy alone would drop it (`stable` while a newer
+        # `canary` is checked), so a label never points at nothing.
+        return set(chosen) | {v for v in entry.labels.values() if v in present}
+
+    def _load_new_versions(self, served: ServedModel) -> tuple[dict[int, LoadedVersion], set[int]]:
+        """Load every wanted version not loaded yet. Returns (loaded incl. old, wanted)."""
+        entry = served.entry
+        versions = dict(served.versions)
+        try:
+            folders = repo.list_version_folders(entry.base_path)
+        except Exception as exc:  # noqa: BLE001 - a flaky listing must not stop serving what is loaded
+            log.warning("cannot list versions of %s at %s: %s", entry.name, entry.base_path, exc)
+            return versions, set(versions)
+        wanted = self._wanted(entry, sorted(folders))
+        for version in sorted(wanted - set(versions)):
+            lv = self._try_load(served, version, folders[version])
+            if lv is not None:
+                versions[version] = lv
+        return versions, wanted
+
+    def _try_load(self, served: ServedModel, version: int, folder: str) -> LoadedVersion | None:
+        state = served.states.get(version)
+        if state is not None and state.error_message:
+            if state.state == "END" or time.monotonic() < state.retry_at:
+                return None  # retries used up, or not due yet
+        attempts = state.attempts + 1 if state else 1
+        served.states[version] = VersionState("LOADING", attempts=attempts)
+        name = served.entry.name
+        try:
+            lv = self._load(name, version, storage.join(served.entry.base_path, folder))
+        except Exception as exc:  # noqa: BLE001 - reported through GetModelStatus, as TF Serving does
+            retries_left = attempts <= self._options.max_num_load_retries
+            log.error("failed to load %s version %d (attempt %d): %s", name, version, attempts, exc)
+            served.states[version] = VersionState(
+                "LOADING" if retries_left else "END", "UNKNOWN", f"{type(exc).__name__}: {exc}", attempts,
+                time.monotonic() + self._options.load_retry_interval_micros / 1e6)
+            self._on_event(name, "load_failed", version, str(exc))
+            return None
+        served.states[version] = VersionState("AVAILABLE")
+        self._on_event(name, "loaded", version, "")
+        log.info("loaded %s version %d from %s", name, version, folder)
+        return lv
+
+    def _load(self, name: str, version: int, uri: str) -> LoadedVersion:
+        from serving import inference
+
+        local = repo.download_version(uri, self._cache_dir)
+        session, meta_graph = load_session(local)
+        lv = LoadedVersion(name, version, local, session, meta_graph, self._batching,
+                           on_batch=lambda model, rows: self._on_event(model, "batch", rows, ""))
+        if self._options.enable_model_warmup:
+            try:
+                records = read_warmup_records(local)
+                calls = inference.replay_warmup(lv, records, self._options.num_request_iterations_for_warmup,
+                                                self._options.max_request_tensor_bytes)
+            except BaseException:
+                lv.close()
+                raise
+            self.warmup_calls[(name, version)] = calls
+            if calls:
+                log.info("%s version %d: replayed %d warmup requests", name, version, calls)
+        return lv
+
+    def _swap_in(self, served: ServedModel, versions: dict[int, LoadedVersion], wanted: set[int]) -> None:
+        """One assignment publishes the new table; versions no longer wanted are unloaded after it."""
+        unwanted = [lv for v, lv in versions.items() if v not in wanted]
+        served.versions = {v: lv for v, lv in versions.items() if v in wanted}
+        self._unload(unwanted, served)
+
+    def _unload(self, versions: list[LoadedVersion], served: ServedModel | None = None) -> None:
+        for lv in versions:
+            if served is not None:
+                served.states[lv.version] = VersionState("UNLOADING")
+            thread = threading.Thread(target=self._finish_unload, args=(lv, served), daemon=True,
+                                      name=f"retina-unload-{lv.name}-{lv.version}")
+            self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
+            thread.start()
+
+    def _finish_unload(self, lv: LoadedVersion, served: ServedModel | None) -> None:
+        lv.close()
+        if storage.is_s3(str(lv.path)) or str(lv.path).startswith(str(self._cache_dir)):
+            shutil.rmtree(lv.path, ignore_errors=True)
+        if served is not None and served.states.get(lv.version, VersionState("")).state == "UNLOADING":
+            served.states[lv.version] = VersionState("END")
+        self._on_event(lv.name, "unloaded", lv.version, "")
+        log.info("unloaded %s version %d", lv.name, lv.version)
+
+    def wait_unloaded(self, timeout_s: float = 30.0) -> None:
+        for thread in list(self._unloaders):
+            thread.join(timeout=timeout_s)
+
+    # ------------------------------------------------------------ lookups
+    def entries(self) -> list[repo.ModelEntry]:
+        return [m.entry for m in self._models.values()]
+
+    def model(self, name: str) -> ServedModel | None:
+        return self._models.get(name)
+
+    def resolve(self, model_spec: Any) -> LoadedVersion:
+        """ModelSpec (name + version or label) -> the loaded version, with TF Serving's codes and words."""
+        name = model_spec.name
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
+        served = self._models.get(name)
+        choice = model_spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            labels = served.labels if served is not None else {}
+            if model_spec.version_label not in labels:
+                raise invalid_argument(f"Unrecognized servable version label: {model_spec.version_label}")
+            version: int | None = labels[model_spec.version_label]
+        elif choice == "version":
+            version = int(model_spec.version.value)
+        else:
+            version = None
+        request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+        versions = served.versions if served is not None else {}  # one read: the snapshot this request keeps
+        lv = versions.get(version) if version is not None else (versions[max(versions)] if versions else None)
+        if lv is None:
+            raise not_found(f"Servable not found for request: {request}")
+        return lv
+
+    def status(self, model_spec: Any) -> list[tuple[int, VersionState]]:
+        """(version, state) pairs as GetModelStatus reports them (a label is not used, as in TF Serving)."""
+        name = model_spec.name
+        served = self._models.get(name)
+        states = dict(served.states) if served is not None else {}
+        if model_spec.WhichOneof("version_choice") == "version":
+            version = int(model_spec.version.value)
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            return [(version, states[version])]
+        if not states:
+            raise not_found(f"Could not find any versions of model {name}")
+        return sorted(states.items())
+
+    def close(self) -> None:
+        with self._refresh_lock:
+            for served in self._models.values():
+                self._unload(list(served.versions.values()), served)
+                served.versions = {}
+            self._models = {}
+        self.wait_unloaded()

@@ -1,0 +1,93 @@
+"""Prometheus metrics with TF Serving's names, served at the path `--monitoring_config_file` names.
+
+TF Serving's exporter writes its `/tensorflow/serving/...` monitoring cells with `/` turned into `:`,
+so dashboards and alerts are written against names such as `:tensorflow:serving:request_count`
+(labels `model_name`, `status`) and `:tensorflow:serving:request_latency` (histogram in microseconds,
+labels `model_name`, `API`, `entrypoint` = GRPC or REST). The same names are produced here, plus the
+runtime latency, the batch sizes actually run, and load attempts, in the text exposition format.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+# Microsecond buckets: TF Serving's request latency uses exponential buckets (10 us x 1.8^i).
+LATENCY_BUCKETS = tuple(round(10 * 1.8 ** i) for i in range(33))
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+_HELP = {
+    ":tensorflow:serving:request_count": ("counter", "The total number of requests."),
+    ":tensorflow:serving:request_latency": ("histogram", "Distribution of wall time (in microseconds) for "
+                                                         "Tensorflow Serving request."),
+    ":tensorflow:serving:runtime_latency": ("histogram", "Distribution of wall time (in microseconds) for "
+                                                         "Tensorflow runtime."),
+    ":tensorflow:serving:batching_session:processed_batch_size": ("histogram", "Tracks the batch size "
+                                                                               "distribution on processing."),
+    ":tensorflow:cc:saved_model:load_attempt_count": ("counter", "The number of times a SavedModel was "
+                                                                 "successfully loaded."),
+}
+
+
+class Metrics:
+    """A small thread-safe registry: counters and histograms keyed by (name, labels)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[tuple, float] = defaultdict(float)
+        self._histograms: dict[tuple, list] = {}
+
+    def count(self, name: str, value: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self._counters[(name, tuple(sorted(labels.items())))] += value
+
+    def observe(self, name: str, value: float, buckets: tuple = LATENCY_BUCKETS, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            cell = self._histograms.setdefault(key, [buckets, [0] * len(buckets), 0.0, 0])
+            for i, bound in enumerate(cell[0]):
+                if value <= bound:
+                    cell[1][i] += 1
+            cell[2] += value
+            cell[3] += 1
+
+    def request(self, model: str, api: str, entrypoint: str, status: str, micros: float) -> None:
+        """One answered request: the count by status always, the latency when it succeeded (as TF Serving)."""
+        self.count(":tensorflow:serving:request_count", model_name=model, status=status)
+        if status == "OK":
+            self.observe(":tensorflow:serving:request_latency", micros, model_name=model, API=api,
+                         entrypoint=entrypoint)
+
+    def render(self) -> str:
+        """The Prometheus text exposition of everything recorded so far."""
+        with self._lock:
+            counters = dict(self._counters)
+            histograms = {k: (v[0], list(v[1]), v[2], v[3]) for k, v in self._histograms.items()}
+        lines: list[str] = []
+        names = sorted({k[0] for k in counters} | {k[0] for k in histograms} | set(_HELP))
+        for name in names:
+            kind, text = _HELP.get(name, ("counter" if any(k[0] == name for k in counters) else "histogram", name))
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for (n, labels), value in sorted(counters.items()):
+                if n == name:
+                    lines.append(f"{name}{_labels(labels)} {_number(value)}")
+            for (n, labels), (buckets, counts, total, count) in sorted(histograms.items()):
+                if n != name:
+                    continue
+                for bound, c in zip(buckets, counts, strict=True):
+                    lines.append(f"{name}_bucket{_labels(labels + (('le', str(bound)),))} {c}")
+                lines.append(f"{name}_bucket{_labels(labels + (('le', '+Inf'),))} {count}")
+                lines.append(f"{name}_sum{_labels(labels)} {_number(total)}")
+                lines.append(f"{name}_count{_labels(labels)} {count}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(pairs: tuple) -> str:
+    if not pairs:
+        return ""
+    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in pairs)
+    return "{" + ",".join(escaped) + "}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,197 @@
+"""The gRPC services: PredictionService, ModelService (official `tensorflow_serving.apis` bases), health.
+
+`Handlers` is the one entry for every API call, from gRPC and REST alike: it resolves the model spec,
+holds the version for the call, runs `serving.inference`, and records TF Serving's request metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from serving import inference
+from serving import model_repository as repo
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.options import ServerOptions
+from serving.status import CODES, ServingStatus, invalid_argument
+
+log = logging.getLogger(__name__)
+
+
+class Handlers:
+    """API calls on the manager's models; raises ServingStatus with TF Serving's codes."""
+
+    def __init__(self, manager: ModelManager, options: ServerOptions, metrics: Metrics, batching: bool):
+        self.manager = manager
+        self.options = options
+        self.metrics = metrics
+        self.batching = batching
+
+    def call(self, api: str, request: Any, entrypoint: str = "GRPC") -> Any:
+        start = time.perf_counter()
+        model = getattr(getattr(request, "model_spec", None), "name", "") or (
+            request.tasks[0].model_spec.name if api == "MultiInference" and request.tasks else "")
+        status = "OK"
+        try:
+            return getattr(self, "_" + api)(request)
+        except ServingStatus as exc:
+            status = exc.code_name
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            self.metrics.request(model, api, entrypoint, status, (time.perf_counter() - start) * 1e6)
+
+    def _on_version(self, spec: Any, fn: Callable[[Any], Any]) -> Any:
+        lv = self.manager.resolve(spec)
+        with lv.use():
+            start = time.perf_counter()
+            result = fn(lv)
+            self.metrics.observe(":tensorflow:serving:runtime_latency", (time.perf_counter() - start) * 1e6,
+                                 model_name=lv.name, API="Predict", runtime="TF1")
+            return result
+
+    def _Predict(self, request: Any) -> Any:  # noqa: N802 - API names
+        return self._on_version(request.model_spec, lambda lv: inference.predict(
+            lv, request, self.options.max_request_tensor_bytes, self.batching))
+
+    def _Classify(self, request: Any) -> Any:  # noqa: N802
+        check = self.options.enable_signature_method_name_check
+        return self._on_version(request.model_spec, lambda lv: inference.classify(lv, request, check))
+
+    def _Regress(self, request: Any) -> Any:  # noqa: N802
+        check = self.options.enable_signature_method_name_check
+        return self._on_version(request.model_spec, lambda lv: inference.regress(lv, request, check))
+
+    def _MultiInference(self, request: Any) -> Any:  # noqa: N802
+        if not request.tasks:
+            raise invalid_argument("Tasks is empty.")
+        spec = request.tasks[0].model_spec
+        return self._on_version(spec, lambda lv: inference.multi_inference(lv, request))
+
+    def _GetModelMetadata(self, request: Any) -> Any:  # noqa: N802
+        return self._on_version(request.model_spec, lambda lv: inference.metadata(lv, request))
+
+    def _GetModelStatus(self, request: Any) -> Any:  # noqa: N802
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, state in self.manager.status(request.model_spec):
+            status = response.model_version_status.add()
+            status.version = version
+            status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+            status.status.error_code = CODES.get(state.error_code, 2)
+            status.status.error_message = state.error_message
+        return response
+
+    def _HandleReloadConfigRequest(self, request: Any) -> Any:  # noqa: N802
+        from google.protobuf import text_format
+        from tensorflow_serving.apis import model_management_pb2
+
+        try:
+            entries = repo.parse_models_config(text_format.MessageToString(request.config), "ReloadConfigRequest")
+        except repo.ModelConfigError as exc:
+            raise invalid_argument(str(exc)) from exc
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.manager.apply_config(entries)
+        except ServingStatus as exc:  # TF Serving reports a refused config in the response status
+            response.status.error_code = CODES.get(exc.code_name, 2)
+            response.status.error_message = exc.message
+            return response
+        response.status.error_code = 0
+        return response
+
+
+def _guarded(handlers: Handlers, api: str) -> Callable[[Any, Any, Any], Any]:
+    def method(self: Any, request: Any, context: Any) -> Any:
+        import grpc
+
+        try:
+            return handlers.call(api, request, "GRPC")
+        except ServingStatus as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code_name), exc.message)
+        except Exception as exc:  # noqa: BLE001 - never a raw traceback to the client
+            log.exception("%s failed", api)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    method.__name__ = api
+    return method
+
+
+def add_services(server: Any, handlers: Handlers) -> Health:
+    """Register PredictionService, ModelService and grpc.health.v1.Health on `server`; returns the health
+    service (SERVING once models are loaded, NOT_SERVING while stopping)."""
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    prediction = type("PredictionService", (prediction_service_pb2_grpc.PredictionServiceServicer,), {
+        api: _guarded(handlers, api)
+        for api in ("Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")})
+    models = type("ModelService", (model_service_pb2_grpc.ModelServiceServicer,), {
+        api: _guarded(handlers, api) for api in ("GetModelStatus", "HandleReloadConfigRequest")})
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction(), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(models(), server)
+    health = Health()
+    server.add_generic_rpc_handlers((health.handler(),))
+    return health
+
+
+_HEALTH: dict[str, Any] = {}
+
+
+def health_messages() -> dict[str, Any]:
+    """grpc.health.v1 HealthCheckRequest/Response, declared from health.proto's field numbers (the
+    grpcio-health-checking package is not a dependency; the wire format is two tiny messages)."""
+    if _HEALTH:
+        return _HEALTH
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FileDescriptorProto(name="retina_grpc_health.proto", package="grpc.health.v1",
+                                           syntax="proto3")
+    t = descriptor_pb2.FieldDescriptorProto
+    request = f.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
+    response = f.message_type.add(name="HealthCheckResponse")
+    enum = response.enum_type.add(name="ServingStatus")
+    for name, number in (("UNKNOWN", 0), ("SERVING", 1), ("NOT_SERVING", 2), ("SERVICE_UNKNOWN", 3)):
+        enum.value.add(name=name, number=number)
+    response.field.add(name="status", number=1, type=t.TYPE_ENUM, label=t.LABEL_OPTIONAL,
+                       type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    for name in ("HealthCheckRequest", "HealthCheckResponse"):
+        _HEALTH[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.health.v1.{name}"))
+    return _HEALTH
+
+
+class Health:
+    """`grpc.health.v1.Health/Check` for the whole server ("") and each service name."""
+
+    SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+    def __init__(self) -> None:
+        self.serving = True
+
+    def handler(self) -> Any:
+        import grpc
+
+        messages = health_messages()
+        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self._check, request_deserializer=messages["HealthCheckRequest"].FromString,
+                response_serializer=messages["HealthCheckResponse"].SerializeToString)})
+
+    def _check(self, request: Any, context: Any) -> Any:
+        import grpc
+
+        if request.service not in self.SERVICES:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service}")
+        response = health_messages()["HealthCheckResponse"]()
+        response.status = 1 if self.serving else 2
+        return response

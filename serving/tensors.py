@@ -1,0 +1,173 @@
+"""numpy <-> `tensorflow.TensorProto`, without TensorFlow, with the declared size checked first.
+
+Client and server share this codec. It follows TensorFlow's own rules (`Tensor::FromProto`,
+`Tensor::AsProtoField`): numeric data either packed in `tensor_content` or in the typed `*_val` field;
+a typed field with fewer values than the shape holds is filled with its last value (so `[1e9]` floats
+can be declared with one value), strings in `string_val`.
+
+Why check before building: a request is small on the wire but may *declare* a huge tensor (shape
+`[1000000000]` with one value, or a broadcast fill). The element count and byte size are computed from
+the declared shape and compared with `max_bytes` before any array is allocated: a hostile request costs
+the server nothing but an INVALID_ARGUMENT / RESOURCE_EXHAUSTED answer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from serving.status import ServingStatus, invalid_argument
+
+# DataType enum values (tensorflow/core/framework/types.proto) -> numpy dtype and the typed value field.
+_DTYPES: dict[int, tuple[Any, str]] = {
+    1: (np.float32, "float_val"),
+    2: (np.float64, "double_val"),
+    3: (np.int32, "int_val"),
+    4: (np.uint8, "int_val"),
+    5: (np.int16, "int_val"),
+    6: (np.int8, "int_val"),
+    7: (object, "string_val"),
+    8: (np.complex64, "scomplex_val"),
+    9: (np.int64, "int64_val"),
+    10: (np.bool_, "bool_val"),
+    17: (np.uint16, "int_val"),
+    18: (np.complex128, "dcomplex_val"),
+    19: (np.float16, "half_val"),
+    22: (np.uint32, "uint32_val"),
+    23: (np.uint64, "uint64_val"),
+}
+_BY_NUMPY = {np.dtype(t): code for code, (t, _) in _DTYPES.items() if t is not object}
+DT_STRING = 7
+DT_FLOAT = 1
+
+DTYPE_NAMES = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
+               8: "complex64", 9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128",
+               19: "half", 22: "uint32", 23: "uint64"}
+
+
+def dtype_name(code: int) -> str:
+    """TensorFlow's short name (`float`, `string`), as its error messages print it."""
+    return DTYPE_NAMES.get(int(code), f"type{int(code)}")
+
+
+def numpy_dtype(code: int) -> Any:
+    if int(code) not in _DTYPES:
+        raise invalid_argument(f"tensor dtype {dtype_name(code)} is not supported")
+    return _DTYPES[int(code)][0]
+
+
+def declared_shape(proto: Any, name: str) -> tuple[int, ...]:
+    shape = proto.tensor_shape
+    if shape.unknown_rank:
+        raise invalid_argument(f"tensor parsing error: {name} (shape of unknown rank)")
+    dims = tuple(int(d.size) for d in shape.dim)
+    if any(d < 0 for d in dims):
+        raise invalid_argument(f"tensor parsing error: {name} (negative dimension in {list(dims)})")
+    return dims
+
+
+def check_declared_size(proto: Any, name: str, max_bytes: int) -> tuple[int, ...]:
+    """The declared shape, once its element count fits `max_bytes` (RESOURCE_EXHAUSTED otherwise) and
+    the values sent can fill it (INVALID_ARGUMENT otherwise). Nothing is allocated."""
+    dims = declared_shape(proto, name)
+    count = math.prod(dims)
+    code = int(proto.dtype)
+    dtype = numpy_dtype(code)
+    item = 1 if dtype is object else np.dtype(dtype).itemsize
+    if count * item > max_bytes:
+        raise ServingStatus(
+            "RESOURCE_EXHAUSTED",
+            f"tensor {name} declares shape {list(dims)} ({count * item} bytes), above the limit of "
+            f"{max_bytes} bytes")
+    if dtype is object:
+        sent = len(proto.string_val)
+        if sent != count:
+            raise invalid_argument(
+                f"tensor parsing error: {name} (shape {list(dims)} needs {count} strings, {sent} sent)")
+    elif proto.tensor_content:
+        if len(proto.tensor_content) != count * item:
+            raise invalid_argument(
+                f"tensor parsing error: {name} (tensor_content has {len(proto.tensor_content)} bytes, "
+                f"shape {list(dims)} of {dtype_name(code)} needs {count * item})")
+    return dims
+
+
+def to_array(proto: Any, name: str, max_bytes: int) -> np.ndarray:
+    """A TensorProto as a numpy array, refused before allocation when it declares too much."""
+    dims = check_declared_size(proto, name, max_bytes)
+    code = int(proto.dtype)
+    dtype, field = _DTYPES[code]
+    count = math.prod(dims)
+    if dtype is object:
+        array = np.empty(count, dtype=object)
+        array[:] = list(proto.string_val)
+        return array.reshape(dims)
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(dims).copy()
+    values = getattr(proto, field)
+    if field == "half_val":
+        flat = np.asarray(values, dtype=np.uint16).view(np.float16)
+    elif field in ("scomplex_val", "dcomplex_val"):
+        pairs = np.asarray(values, dtype=np.float32 if dtype == np.complex64 else np.float64)
+        flat = pairs.view(dtype)
+    else:
+        flat = np.asarray(values, dtype=dtype)
+    if flat.size == count:
+        return flat.reshape(dims)
+    if flat.size > count:
+        raise invalid_argument(f"tensor parsing error: {name} ({flat.size} values for shape {list(dims)})")
+    full = np.zeros(count, dtype=dtype)  # TensorFlow's rule: the last value fills the rest
+    full[:flat.size] = flat
+    if flat.size:
+        full[flat.size:] = flat[-1]
+    return full.reshape(dims)
+
+
+def dtype_of(array: np.ndarray) -> int:
+    if array.dtype == object or array.dtype.kind in ("S", "U"):
+        return DT_STRING
+    if array.dtype not in _BY_NUMPY:
+        raise invalid_argument(f"numpy dtype {array.dtype} has no TensorFlow equivalent here")
+    return _BY_NUMPY[array.dtype]
+
+
+def from_array(value: Any, proto: Any = None, as_content: bool = True) -> Any:
+    """numpy (or nested lists, bytes, str) -> TensorProto. `as_content=False` fills the typed `*_val`
+    field, as TF Serving's responses do by default (`Tensor::AsProtoField`)."""
+    from serving import protos
+
+    protos.load()
+    from tensorflow.core.framework import tensor_pb2
+
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if proto is None:
+        proto = tensor_pb2.TensorProto()
+    code = dtype_of(array)
+    proto.dtype = code
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = int(size)
+    if code == DT_STRING:
+        proto.string_val.extend(_as_bytes(v) for v in array.ravel().tolist())
+        return proto
+    flat = np.ascontiguousarray(array)
+    if as_content:
+        proto.tensor_content = flat.tobytes()
+        return proto
+    field = _DTYPES[code][1]
+    if field == "half_val":
+        getattr(proto, field).extend(flat.ravel().view(np.uint16).tolist())
+    elif field in ("scomplex_val", "dcomplex_val"):
+        getattr(proto, field).extend(flat.ravel().view(flat.real.dtype).tolist())
+    else:
+        getattr(proto, field).extend(flat.ravel().tolist())
+    return proto
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return str(value).encode("utf-8")
