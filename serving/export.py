@@ -140,6 +140,22 @@ def _class_names_file(class_names: list[str], asset_dir: str | Path) -> str:
     return str(path)
 
 
+def _write_archive(model: Any, module: Any, target: Path) -> None:
+    """Save through Keras' ExportArchive, which tracks the model's variables so that a *session* load —
+    how TF Serving loads every SavedModel — restores the variables the signatures read. A plain
+    `tf.saved_model.save` of a module holding a Keras 3 model restores copies instead and TF Serving's
+    first request fails with "Could not find variable ..." (found by loading exports as TF Serving does)."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, fn in ((SIGNATURE_TENSOR, module.serve_images), (SIGNATURE_IMAGE, module.serve_image_bytes),
+                     (SIGNATURE_CLASSIFY, module.classify)):
+        archive.add_endpoint(name, fn)
+    archive._tf_trackable.class_names_asset = module.class_names_asset  # noqa: SLF001 - copied into assets/
+    archive.write_out(str(target), verbose=False)
+
+
 def _mark_classify_signature(saved_model_pb: Path) -> None:
     """`tf.saved_model.save` tags every signature as `predict`; TF Serving's Classify needs the classify
     method name, so the one signature meant for it is re-tagged in the saved graph."""
@@ -153,14 +169,16 @@ def _mark_classify_signature(saved_model_pb: Path) -> None:
     saved_model_pb.write_bytes(saved.SerializeToString())
 
 
-def export_saved_model(model: Any, info: Any, export_dir: str | Path, overwrite: bool = False) -> Path:
+def export_saved_model(model: Any, info: Any, export_dir: str | Path, overwrite: bool = False,
+                       warmup: bool = True) -> Path:
     """Write the SavedModel to the local folder `export_dir` and return its path.
+
+    With `warmup` (the default) it also writes TF Serving's warmup file (`write_warmup_requests`).
 
     The folder appears all at once (written beside it, then renamed), so a server polling the model
     repository never loads a half-written version. To publish to `s3://`, export locally and use
     `storage.publish_folder(path, uri, last=["saved_model.pb"])`.
     """
-    import tensorflow as tf
 
     export_dir = Path(export_dir)
     if str(export_dir).startswith("s3://"):
@@ -172,14 +190,72 @@ def export_saved_model(model: Any, info: Any, export_dir: str | Path, overwrite:
     staging = export_dir.parent / f".{export_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
     asset_dir = Path(tempfile.mkdtemp(prefix="retina-export-assets-"))
     try:
-        module, signatures = build_serving_module(model, info, asset_dir)
-        tf.saved_model.save(module, str(staging), signatures=signatures)
+        module, _ = build_serving_module(model, info, asset_dir)
+        _write_archive(model, module, staging)
         _mark_classify_signature(staging / "saved_model.pb")
         extra = staging / "assets.extra"
         extra.mkdir(exist_ok=True)
         (extra / "retina_model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        if warmup:
+            write_warmup_requests(staging, int(meta["image_size"]))
         storage.swap_in_dir(staging, export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(asset_dir, ignore_errors=True)
     return export_dir
+
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def warmup_requests(image_size: int, batch_sizes: tuple[int, ...] = (1,)) -> list[Any]:
+    """PredictionLog records that exercise every signature: `serving_default` (a grey image tensor),
+    `predict_image` (a small JPEG) and `classify` (the JPEG in a tf.Example), at each batch size."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving import tensors
+
+    grey = np.full((image_size, image_size, 3), 0.5, np.float32)
+    jpeg = tf.io.encode_jpeg(tf.cast(grey * 255, tf.uint8)).numpy()
+    records = []
+    for n in batch_sizes:
+        log = prediction_log_pb2.PredictionLog()
+        request = log.predict_log.request
+        request.model_spec.signature_name = SIGNATURE_TENSOR
+        tensors.from_array(np.repeat(grey[np.newaxis], n, axis=0), request.inputs[INPUT_IMAGES])
+        records.append(log)
+        log = prediction_log_pb2.PredictionLog()
+        request = log.predict_log.request
+        request.model_spec.signature_name = SIGNATURE_IMAGE
+        tensors.from_array(np.asarray([jpeg] * n, dtype=object), request.inputs[INPUT_IMAGE_BYTES])
+        records.append(log)
+        log = prediction_log_pb2.PredictionLog()
+        request = log.classify_log.request
+        request.model_spec.signature_name = SIGNATURE_CLASSIFY
+        for _ in range(n):
+            example = request.input.example_list.examples.add()
+            example.features.feature[CLASSIFY_IMAGE_FEATURE].bytes_list.value.append(jpeg)
+        records.append(log)
+    return records
+
+
+def write_warmup_requests(export_dir: str | Path, image_size: int, records: list[Any] | None = None,
+                          batch_sizes: tuple[int, ...] = (1,)) -> Path:
+    """Write `assets.extra/tf_serving_warmup_requests` (TFRecord of PredictionLog, TF Serving's format).
+
+    TF Serving (and `retina serve --enable_model_warmup`, on by default in both) replays these before the
+    version becomes AVAILABLE, so the first real request does not pay for graph optimisation, and a
+    version whose signatures cannot run fails to load instead of failing traffic — which is what the
+    infra-validation step relies on. `records` defaults to `warmup_requests(image_size, batch_sizes)`.
+    """
+    import tensorflow as tf
+
+    target = Path(export_dir) / "assets.extra" / WARMUP_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    chosen = records if records is not None else warmup_requests(image_size, batch_sizes)
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        for record in chosen:
+            writer.write(record.SerializeToString())
+    return target

@@ -211,7 +211,8 @@ def regress(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any:
 
 
 def multi_inference(lv: LoadedVersion, request: Any) -> Any:
-    """Several classify/regress signatures of one model over the same examples, in one run."""
+    """Several classify/regress signatures of one model over the same examples (each signature's input
+    tensor is fed the same serialized examples, as TF Serving's one-shot computation does)."""
     from tensorflow_serving.apis import inference_pb2
 
     if not request.tasks:
@@ -219,27 +220,30 @@ def multi_inference(lv: LoadedVersion, request: Any) -> Any:
     seen: set[str] = set()
     plans = []
     for task in request.tasks:
+        if not task.model_spec.name:
+            raise invalid_argument("Found ModelSpec with an empty model name.")
         if task.model_spec.name != request.tasks[0].model_spec.name:
             raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
         name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if name in seen:
             raise invalid_argument(f"Duplicate evaluation of signature: {name}")
         seen.add(name)
+        if name not in lv.signature_defs:
+            raise invalid_argument(f"Requested signature not found in model graph: {name}")
         if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
-            raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
-        signature = _example_signature(lv, name, task.method_name, False)
-        plans.append((task, name, signature))
-    if len({s.inputs["inputs"].name for _, _, s in plans}) != 1:
-        raise invalid_argument("Input tensor must be the same for all Signatures.")
+            raise ServingStatus("UNIMPLEMENTED", f"Unsupported signature method_name: {task.method_name}")
+        plans.append((task, name, _example_signature(lv, name, task.method_name, False)))
     examples = serialized_examples(request.input)
     response = inference_pb2.MultiInferenceResponse()
     for task, name, signature in plans:
         result = response.results.add()
-        _set_spec(result.model_spec, lv, name)
+        _set_spec(result.model_spec, lv, task.model_spec.signature_name)
         if task.method_name == CLASSIFY_METHOD:
             outputs = _run_examples(lv, name, examples, classification_outputs(signature))
             fill_classifications(result.classification_result, outputs, len(examples))
         else:
+            if "outputs" not in signature.outputs:
+                raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
             outputs = _run_examples(lv, name, examples, ["outputs"])
             fill_regressions(result.regression_result, outputs["outputs"], len(examples))
     return response

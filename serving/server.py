@@ -140,15 +140,15 @@ def _batching(options: ServerOptions, max_batch_size: int | None) -> BatchingPar
 def start_server(options: ServerOptions | None = None, **kwargs: Any) -> RunningServer:
     """Load the models, start gRPC (+ Unix socket), REST and the poller; returns once the initial versions
     are loaded. Raises RetinaError (a clear message) for a bad config, flag file or port."""
-    quiet.import_tensorflow()
     max_batch_size = kwargs.get("max_batch_size")
     options = options or _legacy_options(kwargs)
     for name, value in sorted(options.ignored.items()):
         log.warning("flag --%s=%s has no effect in retina serve (accepted for compatibility)", name, value)
-    entries = config_entries(options)
+    entries = config_entries(options)  # every file is checked before TensorFlow starts
     batching = _batching(options, max_batch_size)
     prometheus_path = read_prometheus_path(options.monitoring_config_file) if options.monitoring_config_file else None
     channel_options = grpc_server_options(options.grpc_channel_arguments)
+    quiet.import_tensorflow()
     metrics = Metrics()
     cache_dir = Path(tempfile.mkdtemp(prefix="retina-serving-cache-"))
 
