@@ -27,6 +27,8 @@ cp -r "$FAKE_S3_ROOT/$bucket/." "$4"/
 find "$4" -path '*_tmp*' -prune -exec rm -rf {} +
 """
 
+BOOTSTRAP = 'model_config_list { config { name: "retina-oct" model_version_policy { all {} } } }\n'
+
 
 @pytest.fixture
 def sync_env(tmp_path: Path):
@@ -42,7 +44,8 @@ def sync_env(tmp_path: Path):
     models.mkdir()
     bootstrap = tmp_path / "bootstrap"
     bootstrap.mkdir()
-    (bootstrap / "models.config").write_text("model_config_list {}\n")
+    # The sync mirrors only the models the config names (h19): the bootstrap serves every retina-oct version.
+    (bootstrap / "models.config").write_text(BOOTSTRAP)
     env = {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -81,7 +84,7 @@ def test_only_complete_versions_are_published_and_config_bootstraps(sync_env):
     assert "published retina-oct/1" in out
     assert (models / "retina-oct" / "1" / "saved_model.pb").exists()
     assert not (models / "retina-oct" / "2").exists()
-    assert (models / "models.config").read_text() == "model_config_list {}\n"
+    assert (models / "models.config").read_text() == BOOTSTRAP
     assert not list((models / "retina-oct").glob("*.partial"))
 
 
