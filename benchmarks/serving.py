@@ -1,44 +1,139 @@
-"""gRPC Predict latency vs the in-process call; throughput under 16 concurrent clients, batching on vs off.
+"""`retina serve` against its baselines, measured side by side in one run; ratios printed.
 
-A model from `components.train.models.build_model` is exported with `serving.export.export_saved_model`
-into a TF Serving repository and served by `serving.server.start_server` on 127.0.0.1 (the same server
-`retina serve` runs). Measured in one run:
+The server runs as its own process (`retina serve`, as users run it); clients use the official
+`tensorflow_serving.apis` stubs (gRPC) and urllib (REST). Printed:
 
-- latency at batch 1 (`serving_default`, float32 `[1, S, S, 3]`): p50 / p99 of
-  - in-process: the loaded SavedModel's `serving_default` called directly (what the server itself runs),
-  - gRPC: `ServingClient.predict_tensor` through the official `tensorflow_serving.apis` stubs,
-  and their ratio (the cost of the wire: serialisation, gRPC, thread hand-off);
-- the same for `predict_image` (encoded JPEG bytes, decode + preprocessing in TF ops) over gRPC;
-- throughput: `--clients` threads (default 16), each with its own channel, sending batch-1 requests
-  for `--seconds`, against a server with `--enable_batching` off and then on; requests/s, p50/p99, and
-  the on/off ratio.
+1. latency at batch 1, p50: gRPC Predict vs the in-process call of the same SavedModel signature
+   (a session callable, what the server itself runs) — the cost of the wire; target <= 1.2x or +1 ms;
+2. REST p50 vs gRPC p50 (JSON encoding + HTTP);
+3. throughput with `--clients` (16) concurrent batch-1 clients, `--enable_batching` off vs on
+   (`--batching_parameters_file`: max_batch_size 16, 2 batch threads, timeout 1 ms); target >= 2x;
+4. server req/s (batching off) as a fraction of the in-process ceiling, cores / per-call time.
 
-    .venv/bin/python benchmarks/serving.py [--model oct_cnn] [--size 128] [--width 0.5] [--clients 16]
+Which model and why batching pays: an MLP of `--layers` dense layers `--width` wide (default 2 x 4096,
+134 MB of float32 weights, far above the CPU caches). At batch 1 each call streams every weight from memory to multiply one
+vector (a matrix-vector product, memory-bound); at batch 16 the same weights are read once for 16 rows
+(a matrix-matrix product), so a merged call costs little more than a single one. A small CNN on small
+images is compute-bound per row and gains far less: batching only pays where per-call cost dominates.
+
+    .venv/bin/python benchmarks/serving.py [--quick] [--clients 16] [--seconds 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-# This file is named like the `serving` package it measures; drop its own folder from the import path so
-# `import serving` finds the package, not this script.
+# This file is named like the `serving` package it measures; drop its own folder from the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    arr = np.asarray(samples) * 1000.0
-    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+def percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1000.0, q)) if samples else float("nan")
 
 
-def timed(fn, n: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
+def build_mlp(path: Path, width: int, layers: int) -> None:
+    """A SavedModel `serving_default`: x float32 [?, width] -> y float32 [?, width] (plain tf.Variables)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    module = tf.Module()
+    module.weights = [tf.Variable(rng.normal(0, 1 / np.sqrt(width), (width, width)).astype(np.float32))
+                      for _ in range(layers)]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32, name="x")])
+    def serve(x):
+        for w in module.weights:
+            x = tf.nn.relu(tf.matmul(x, w))
+        return {"y": x}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(path / "mlp" / "1"), signatures={"serving_default": serve})
+
+
+def in_process_latency(path: Path, x: np.ndarray, n: int) -> list[float]:
+    from serving.servable import LoadedVersion, load_session
+
+    session, meta_graph = load_session(path / "mlp" / "1")
+    lv = LoadedVersion("mlp", 1, path, session, meta_graph)
+    times = []
+    for i in range(n + 5):
+        t0 = time.perf_counter()
+        lv.run("serving_default", {"x": x}, ["y"])
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    lv.close()
+    return times
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(path: Path, batching: bool) -> tuple[subprocess.Popen, int, int]:
+    port, rest = free_port(), free_port()
+    args = [f"--port={port}", f"--rest_api_port={rest}", f"--model_base_path={path / 'mlp'}", "--model_name=mlp",
+            "--file_system_poll_wait_seconds=0"]
+    if batching:
+        params = path / "batching.txt"
+        params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 1000 }\n"
+                          "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 64 }\n")
+        args += ["--enable_batching", f"--batching_parameters_file={params}"]
+    code = "import sys; from components.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stub = grpc_stub(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            stub.Predict(request(np.zeros((1, 8), np.float32), "absent"), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - NOT_FOUND means it is up
+            if "Servable" in str(getattr(exc, "details", lambda: "")()):
+                return proc, port, rest
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def grpc_stub(address: str):
+    import grpc
+
+    from serving import protos
+
+    protos.load()
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+
+
+def request(x: np.ndarray, model: str = "mlp"):
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving import tensors
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model
+    tensors.from_array(x, req.inputs["x"])
+    return req
+
+
+def sequential(fn, n: int) -> list[float]:
+    for _ in range(5):
         fn()
     times = []
     for _ in range(n):
@@ -48,29 +143,23 @@ def timed(fn, n: int, warmup: int = 5) -> list[float]:
     return times
 
 
-def load_test(address: str, model: str, image: np.ndarray, clients: int, seconds: float) -> dict[str, float]:
-    """`clients` threads, each with its own channel, send batch-1 Predicts until the deadline."""
-    from serving.client import ServingClient
-
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
+def load_test(port: int, x: np.ndarray, clients: int, seconds: float) -> tuple[float, int]:
+    """`clients` threads, each with its own channel, sending batch-1 Predicts; (req/s, errors)."""
+    req = request(x)
+    counts, errors = [0] * clients, [0] * clients
     deadline = [0.0]
-    # The clock starts when every client is connected and warm: the barrier's action sets the deadline
-    # before any thread is released.
     start = threading.Barrier(clients + 1, action=lambda: deadline.__setitem__(0, time.perf_counter() + seconds))
 
     def worker(i: int) -> None:
-        with ServingClient(address) as client:
-            client.predict_tensor(model, image)  # connect + warm before the clock starts
-            start.wait()
-            while time.perf_counter() < deadline[0]:
-                t0 = time.perf_counter()
-                try:
-                    client.predict_tensor(model, image)
-                except Exception:  # noqa: BLE001 - counted and reported, never hidden
-                    errors[i] += 1
-                    continue
-                latencies[i].append(time.perf_counter() - t0)
+        stub = grpc_stub(f"127.0.0.1:{port}")
+        stub.Predict(req, timeout=30)
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            try:
+                stub.Predict(req, timeout=30)
+                counts[i] += 1
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors[i] += 1
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
@@ -79,101 +168,61 @@ def load_test(address: str, model: str, image: np.ndarray, clients: int, seconds
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
-    flat = [x for per in latencies for x in per]
-    p50, p99 = percentiles(flat) if flat else (float("nan"), float("nan"))
-    return {"requests": len(flat), "errors": sum(errors), "rps": len(flat) / elapsed, "p50": p50, "p99": p99}
+    return sum(counts) / (time.perf_counter() - t0), sum(errors)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="oct_cnn", help="builder name (deepsense, oct_cnn, ...)")
-    parser.add_argument("--modality", default="oct", choices=["fundus", "oct"])
-    parser.add_argument("--size", type=int, default=128, help="model input size in px")
-    parser.add_argument("--width", type=float, default=0.5, help="filter multiplier for deepsense/oct_cnn")
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per latency series")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent client threads for throughput")
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="server's largest merged batch")
-    parser.add_argument("--quick", action="store_true", help="fewer requests and shorter runs (smoke check)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.seconds = 40, 2.0
+        args.requests, args.seconds = 50, 3.0
 
-    import cv2
-    import tensorflow as tf
+    from serving import quiet
 
-    from components.common.config import CLASS_NAMES
-    from components.preprocess.ops import PreprocessParams
-    from components.train.models import build_model
-    from infra.local.synthetic import render_fundus, render_oct
-    from serving.client import ServingClient
-    from serving.export import export_saved_model
-    from serving.server import start_server
+    quiet.import_tensorflow()
+    work = Path(tempfile.mkdtemp(prefix="retina-bench-serving-"))
+    with quiet.captured_stderr():
+        build_mlp(work, args.width, args.layers)
+    x = np.random.default_rng(1).random((1, args.width), dtype=np.float32)
+    local = in_process_latency(work, x, args.requests)
 
-    tf.keras.utils.set_random_seed(0)
-    class_names = list(CLASS_NAMES[args.modality])
-    model = build_model(args.model, args.modality, args.size, len(class_names), width=args.width)
-    info = {"modality": args.modality, "model_name": args.model, "class_names": class_names,
-            "image_size": args.size, "head": "softmax",
-            "preprocessing": PreprocessParams(modality=args.modality, image_size=args.size).to_dict()}
-    name = f"bench-{args.modality}"
+    proc, port, rest = start_server(work, batching=False)
+    try:
+        stub, req = grpc_stub(f"127.0.0.1:{port}"), request(x)
+        grpc_times = sequential(lambda: stub.Predict(req, timeout=30), args.requests)
+        body = json.dumps({"instances": x.tolist()}).encode()
+        url = f"http://127.0.0.1:{rest}/v1/models/mlp:predict"
+        rest_times = sequential(lambda: urllib.request.urlopen(urllib.request.Request(url, data=body)).read(),
+                                args.requests)
+        off, off_errors = load_test(port, x, args.clients, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, port, _ = start_server(work, batching=True)
+    try:
+        on, on_errors = load_test(port, x, args.clients, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
-    rng = np.random.default_rng(0)
-    image = rng.random((1, args.size, args.size, 3)).astype(np.float32)
-    if args.modality == "fundus":
-        raw = render_fundus(2, rng, size=max(2 * args.size, 256))[0][..., ::-1]
-    else:
-        raw = render_oct(1, rng, size=max(2 * args.size, 256))[0]
-    jpeg = cv2.imencode(".jpg", np.ascontiguousarray(raw), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-
-    with tempfile.TemporaryDirectory(prefix="retina-bench-serving-") as tmp:
-        repository = Path(tmp) / "repo"
-        export_saved_model(model, info, repository / name / "1")
-
-        loaded = tf.saved_model.load(str(repository / name / "1"))
-        tensor_fn = loaded.signatures["serving_default"]
-        x = tf.constant(image)
-        in_process = timed(lambda: tensor_fn(images=x)["probabilities"].numpy(), args.requests)
-        keras_call = timed(lambda: model(x, training=False).numpy(), args.requests)
-
-        device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU only"
-        print(f"model {args.model} ({args.modality}, {args.size}px, width {args.width}), "
-              f"{model.count_params():,} parameters, {device}")
-        print("latency, batch 1, sequential requests (ms)")
-        rows: list[tuple[str, list[float]]] = [("keras model(x) in process", keras_call),
-                                               ("SavedModel serving_default in process", in_process)]
-
-        server = start_server(model_base_path=str(repository / name), model_name=name, port=0,
-                              poll_interval_s=0, max_batch_size=args.max_batch_size)
-        try:
-            with ServingClient(server.address) as client:
-                over_grpc = timed(lambda: client.predict_tensor(name, image), args.requests)
-                image_grpc = timed(lambda: client.predict_images(name, [jpeg]), args.requests)
-            rows += [("gRPC Predict serving_default", over_grpc), ("gRPC Predict predict_image (JPEG)", image_grpc)]
-            for label, samples in rows:
-                p50, p99 = percentiles(samples)
-                print(f"  {label:40s} p50 {p50:7.2f}  p99 {p99:7.2f}")
-            base50, base99 = percentiles(in_process)
-            grpc50, grpc99 = percentiles(over_grpc)
-            print(f"  gRPC / in-process serving_default: p50 {grpc50 / base50:5.2f}x  p99 {grpc99 / base99:5.2f}x")
-            off = load_test(server.address, name, image, args.clients, args.seconds)
-        finally:
-            server.stop(grace=2.0)
-
-        server = start_server(model_base_path=str(repository / name), model_name=name, port=0,
-                              poll_interval_s=0, max_batch_size=args.max_batch_size, enable_batching=True)
-        try:
-            on = load_test(server.address, name, image, args.clients, args.seconds)
-        finally:
-            server.stop(grace=2.0)
-
-    print(f"throughput, {args.clients} concurrent clients, batch 1, {args.seconds:.0f} s each")
-    for label, r in (("batching off", off), ("batching on", on)):
-        print(f"  {label:13s} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
-              f"({r['requests']} requests, {r['errors']} errors)")
-    ratio = on["rps"] / off["rps"] if off["rps"] else float("nan")
-    print(f"  batching on / off: {ratio:5.2f}x requests/s")
+    p_local, p_grpc, p_rest = percentile(local, 50), percentile(grpc_times, 50), percentile(rest_times, 50)
+    cores = os.cpu_count() or 1
+    ceiling = cores / (p_local / 1000.0)
+    print(f"model: MLP {args.layers} x {args.width} (float32 weights {args.layers * args.width ** 2 * 4 / 1e6:.0f} MB), "
+          f"{cores} cores")
+    print(f"batch-1 p50: in-process {p_local:.2f} ms | gRPC {p_grpc:.2f} ms | REST {p_rest:.2f} ms")
+    print(f"  gRPC / in-process = {p_grpc / p_local:.2f}x (+{p_grpc - p_local:.2f} ms; target <= 1.2x or +1 ms)")
+    print(f"  REST / gRPC       = {p_rest / p_grpc:.2f}x")
+    print(f"{args.clients} clients: batching off {off:.0f} req/s ({off_errors} errors) | on {on:.0f} req/s "
+          f"({on_errors} errors) -> on/off = {on / off:.2f}x (target >= 2x)")
+    print(f"server req/s (batching off) / in-process ceiling (cores / per-call = {ceiling:.0f} req/s) = "
+          f"{off / ceiling:.2f}; with batching {on / ceiling:.2f}")
 
 
 if __name__ == "__main__":

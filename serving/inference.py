@@ -47,9 +47,30 @@ def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int) -> dict[
         if proto.dtype != info.dtype:
             raise invalid_argument(f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
                                    f"{tensors.dtype_name(proto.dtype)} is provided")
-        tensors.check_declared_size(proto, alias, max_bytes - total)
+        dims = tensors.check_declared_size(proto, alias, max_bytes - total)
+        check_shape(alias, dims, info.tensor_shape)
         total += _declared_bytes(proto)
     return {alias: tensors.to_array(request_inputs[alias], alias, max_bytes) for alias in sorted(sent)}
+
+
+def check_shape(alias: str, dims: tuple[int, ...], expected: Any) -> None:
+    """Refuse a shape the signature cannot take (INVALID_ARGUMENT) before TensorFlow sees it.
+
+    TF Serving feeds tensors unchecked; a graph specialised for its declared shapes can then abort the
+    whole process on a wrong rank (seen here with a conv model fed a rank-3 image), so shapes are checked.
+    TF Serving's one leniency its own tests rely on is kept: extra or missing trailing dimensions of size
+    1 (`x` of shape `[1]` for a signature `[?,1]`, `[n,1]` for `[?]`) are fed as sent."""
+    if expected.unknown_rank:
+        return
+    want = [int(d.size) for d in expected.dim]
+    got = list(dims)
+    while len(got) > len(want) and got[-1] == 1:
+        got.pop()
+    while len(want) > len(got) and want[-1] == 1:
+        want.pop()
+    if len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got, strict=True)):
+        shown = "[" + ",".join("?" if d.size < 0 else str(d.size) for d in expected.dim) + "]"
+        raise invalid_argument(f"input {alias} has shape {list(dims)} but the signature expects {shown}")
 
 
 def _declared_bytes(proto: Any) -> int:

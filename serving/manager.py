@@ -188,10 +188,15 @@ class ModelManager:
         return lv
 
     def _swap_in(self, served: ServedModel, versions: dict[int, LoadedVersion], wanted: set[int]) -> None:
-        """One assignment publishes the new table; versions no longer wanted are unloaded after it."""
-        unwanted = [lv for v, lv in versions.items() if v not in wanted]
-        served.versions = {v: lv for v, lv in versions.items() if v in wanted}
-        self._unload(unwanted, served)
+        """One assignment publishes the new table; versions no longer wanted are unloaded after it.
+
+        TF Serving's availability-preserving policy: while no wanted version is loaded (the new one is
+        still failing), the newest version that was serving stays loaded."""
+        unwanted = sorted(v for v in versions if v not in wanted)
+        if wanted and unwanted and not any(v in wanted for v in versions):
+            unwanted = unwanted[:-1]
+        served.versions = {v: lv for v, lv in versions.items() if v not in unwanted}
+        self._unload([versions[v] for v in unwanted], served)
 
     def _unload(self, versions: list[LoadedVersion], served: ServedModel | None = None) -> None:
         for lv in versions:

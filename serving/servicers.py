@@ -98,13 +98,8 @@ class Handlers:
             entries = repo.parse_models_config(text_format.MessageToString(request.config), "ReloadConfigRequest")
         except repo.ModelConfigError as exc:
             raise invalid_argument(str(exc)) from exc
+        self.manager.apply_config(entries)  # a refused config is the call's gRPC status, as in TF Serving
         response = model_management_pb2.ReloadConfigResponse()
-        try:
-            self.manager.apply_config(entries)
-        except ServingStatus as exc:  # TF Serving reports a refused config in the response status
-            response.status.error_code = CODES.get(exc.code_name, 2)
-            response.status.error_message = exc.message
-            return response
         response.status.error_code = 0
         return response
 

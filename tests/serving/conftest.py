@@ -109,10 +109,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory, export_cache: dict[int,
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[Any]:
+    import socket
+
     from serving.server import start_server
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        rest_port = s.getsockname()[1]
     running = start_server(model_base_path=str(repository / MODEL_NAME), model_name=MODEL_NAME, port=0,
-                           poll_interval_s=0.5, max_batch_size=8)
+                           poll_interval_s=0.5, max_batch_size=8, rest_api_port=rest_port)
     try:
         yield running
     finally:

@@ -15,9 +15,21 @@ def test_serve_accepts_tf_serving_flag_spellings():
 
     args = build_parser().parse_args(["serve", "--model_base_path", "/m/x", "--model_name", "x", "--port", "9000",
                                       "--file_system_poll_wait_seconds", "5", "--enable_batching=true"])
-    assert (args.model_base_path, args.model_name, args.port, args.poll_interval) == ("/m/x", "x", 9000, 5.0)
+    assert (args.model_base_path, args.model_name, args.port, args.file_system_poll_wait_seconds,
+            args.enable_batching) == ("/m/x", "x", 9000, 5.0, True)
     dashed = build_parser().parse_args(["serve", "--model-config-file", "models.config", "--enable-batching"])
-    assert dashed.model_config_file == "models.config" and dashed.enable_batching == "true"
+    assert dashed.model_config_file == "models.config" and dashed.enable_batching is True
+    # TF Serving's defaults, and flags without meaning here accepted (recorded, logged as ignored at start)
+    from serving.options import options_from_args
+
+    options = options_from_args(build_parser().parse_args(
+        ["serve", "--model_base_path=/m/x", "--per_process_gpu_memory_fraction=0.4", "--enable_profiler=false",
+         "--allow_version_labels_for_unavailable_models=true", "--rest_api_port=8501"]))
+    assert (options.port, options.model_name, options.file_system_poll_wait_seconds, options.enable_model_warmup,
+            options.max_num_load_retries, options.load_retry_interval_micros, options.rest_api_timeout_in_ms) == (
+        8500, "default", 1, True, 5, 60_000_000, 30000)
+    assert options.allow_version_labels_for_unavailable_models and options.rest_api_port == 8501
+    assert set(options.ignored) == {"per_process_gpu_memory_fraction", "enable_profiler"}
 
 
 def test_predict_reports_unreadable_files_before_calling(tmp_path, capsys):
@@ -48,6 +60,13 @@ def test_predict_prints_table_and_json_for_a_real_image(server, tmp_path, capsys
     assert result["version"] == 1 and set(prediction["probabilities"]) == set(FUNDUS_CLASSES)
     assert prediction["class_name"] == max(prediction["probabilities"], key=prediction["probabilities"].get)
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    # the same through TF Serving's REST API: same classes, same probabilities, the served version
+    assert main(["predict", "--rest", "--server", f"127.0.0.1:{server.rest_port}", "--model", MODEL_NAME,
+                 "--json", str(image)]) == 0
+    over_rest = json.loads(capsys.readouterr().out)
+    assert over_rest["version"] == 1 and over_rest["predictions"][0]["class_name"] == prediction["class_name"]
+    for name, p in prediction["probabilities"].items():
+        assert over_rest["predictions"][0]["probabilities"][name] == pytest.approx(p, abs=1e-6)
 
 
 @pytest.mark.slow

@@ -119,6 +119,24 @@ def test_export_writes_metadata_and_classify_signature(export_cache):
     assert {"probabilities", "class_id", "class_names"} <= set(signatures["predict_image"].outputs)
 
 
+def test_export_loads_as_tf_serving_loads_it_and_replays_its_warmup_records(export_cache):
+    """A session load (TF Serving's way: restore op + run by tensor names) must find every variable the
+    signatures read, and the warmup file export writes must run on it — as `--enable_model_warmup` does."""
+    from serving import inference
+    from serving.servable import LoadedVersion, load_session, read_warmup_records
+
+    path = export_cache[1]
+    session, meta_graph = load_session(path)
+    version = LoadedVersion("m", 1, path, session, meta_graph)
+    records = read_warmup_records(path)
+    try:
+        kinds = sorted(r.WhichOneof("log_type") for r in records)
+        assert kinds == ["classify_log", "predict_log", "predict_log"]
+        assert inference.replay_warmup(version, records, 1, 1 << 30) == 3
+    finally:
+        version.close()
+
+
 def test_export_refuses_to_overwrite_and_nlm_oct(export_cache, tiny_models, tmp_path):
     from components.common.errors import RetinaError
     from serving.export import export_saved_model
