@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -78,14 +76,12 @@ def in_process_latency(path: Path, x: np.ndarray, n: int) -> list[float]:
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_server(path: Path, batching: bool) -> tuple[object, int, int]:
+    """`retina serve` as its own process (components.common.processes); returns (process, gRPC, REST port)."""
+    from components.common.processes import ManagedProcess, free_port
 
-
-def start_server(path: Path, batching: bool) -> tuple[subprocess.Popen, int, int]:
-    port, rest = free_port(), free_port()
+    port = free_port()
+    rest = free_port(taken=[port])
     args = [f"--port={port}", f"--rest_api_port={rest}", f"--model_base_path={path / 'mlp'}", "--model_name=mlp",
             "--file_system_poll_wait_seconds=0"]
     if batching:
@@ -94,20 +90,23 @@ def start_server(path: Path, batching: bool) -> tuple[subprocess.Popen, int, int
                           "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 64 }\n")
         args += ["--enable_batching", f"--batching_parameters_file={params}"]
     code = "import sys; from components.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = ManagedProcess("retina serve", [sys.executable, "-c", code, "serve", *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, log_file=path / "server.log").start()
     stub = grpc_stub(f"127.0.0.1:{port}")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         try:
             stub.Predict(request(np.zeros((1, 8), np.float32), "absent"), timeout=2)
         except Exception as exc:  # noqa: BLE001 - NOT_FOUND means it is up
-            if "Servable" in str(getattr(exc, "details", lambda: "")()):
-                return proc, port, rest
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start")
+            return "Servable" in str(getattr(exc, "details", lambda: "")())
+        return False
+
+    try:
+        proc.wait_until(up, timeout_s=180)
+    except Exception:
+        proc.stop()
+        raise
+    return proc, port, rest
 
 
 def grpc_stub(address: str):
@@ -202,14 +201,12 @@ def main() -> None:
                                 args.requests)
         off, off_errors = load_test(port, x, args.clients, args.seconds)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.stop()
     proc, port, _ = start_server(work, batching=True)
     try:
         on, on_errors = load_test(port, x, args.clients, args.seconds)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.stop()
 
     p_local, p_grpc, p_rest = percentile(local, 50), percentile(grpc_times, 50), percentile(rest_times, 50)
     cores = os.cpu_count() or 1

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,21 +26,15 @@ TESTDATA = Path(__file__).parent / "tfserving_testdata"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _retina(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _argv(*args: str) -> list[str]:
     code = "import sys; from components.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=ROOT, **kwargs)
+    return [sys.executable, "-c", code, *args]
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _ready(port: int) -> bool:
     """TF Serving's WaitForServerReady: a Predict for a missing model answers 'Servable ...' once up."""
     protos.load()
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -49,22 +42,19 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> No
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"localhost:{port}"))
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "intentionally_missing_model"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            stub.Predict(request, 2)
-        except grpc.RpcError as error:
-            if "Servable" in (error.details() or ""):
-                return
-        time.sleep(0.3)
-    raise AssertionError("server not ready")
+    try:
+        stub.Predict(request, 2)
+    except grpc.RpcError as error:
+        return "Servable" in (error.details() or "")
+    return False
 
 
 @pytest.fixture(scope="module")
 def tfs(tmp_path_factory):
     """`retina serve` with TF Serving's test flags: config of three example models, REST, Unix socket,
     monitoring, channel arguments, batching, and an ignored GPU flag."""
+    from components.common.processes import ManagedProcess, free_port
+
     tmp = tmp_path_factory.mktemp("tfs")
     config = tmp / "models.config"
     config.write_text(
@@ -78,22 +68,20 @@ def tfs(tmp_path_factory):
     batching = tmp / "batching.txt"
     batching.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 30000 }\n"
                         "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 8 }\n")
-    port, rest = _free_port(), _free_port()
+    port = free_port()
+    rest = free_port(taken=[port])
     sock = tmp / "tf-serving.sock"
     log = tmp / "server.log"
-    with open(log, "wb") as sink:
-        proc = _retina("serve", f"--port={port}", f"--rest_api_port={rest}", "--rest_api_timeout_in_ms=5000",
-                       f"--grpc_socket_path={sock}", f"--model_config_file={config}",
-                       f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}", "--enable_batching",
-                       f"--batching_parameters_file={batching}", "--per_process_gpu_memory_fraction=0.5",
-                       "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb,"
-                       "grpc.so_reuseaddr=1", stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(port, proc)
+    server = ManagedProcess("retina serve", _argv(
+        "serve", f"--port={port}", f"--rest_api_port={rest}", "--rest_api_timeout_in_ms=5000",
+        f"--grpc_socket_path={sock}", f"--model_config_file={config}",
+        f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}", "--enable_batching",
+        f"--batching_parameters_file={batching}", "--per_process_gpu_memory_fraction=0.5",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb,grpc.so_reuseaddr=1"),
+        env=ENV, log_file=log, cwd=ROOT)
+    with server:
+        server.wait_until(lambda: _ready(port), timeout_s=180)
         yield {"grpc": f"localhost:{port}", "rest": f"http://localhost:{rest}", "uds": f"unix:{sock}", "log": log}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _stub(address: str):
@@ -292,9 +280,9 @@ def test_health_ignored_flag_logged_and_client_without_tensorflow(tfs):
 
 
 def test_bad_model_config_exits_with_tf_serving_error():
-    proc = _retina("serve", f"--model_config_file={TESTDATA / 'bad_model_config.txt'}", "--port=0",
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    done = subprocess.run(_argv("serve", f"--model_config_file={TESTDATA / 'bad_model_config.txt'}", "--port=0"),
+                          capture_output=True, env=ENV, cwd=ROOT, timeout=120)
+    err = done.stderr
+    assert done.returncode != 0
     assert b"Error parsing text-format tensorflow.serving.ModelServerConfig" in err
     assert b"I0000" not in err and b"cudart_stub" not in err  # no TensorFlow C++ log lines
