@@ -7,7 +7,7 @@ The server runs as its own process (`retina serve`, as users run it); clients us
    (a session callable, what the server itself runs) — the cost of the wire; target <= 1.2x or +1 ms;
 2. REST p50 vs gRPC p50 (JSON encoding + HTTP);
 3. throughput with `--clients` (16) concurrent batch-1 clients, `--enable_batching` off vs on
-   (`--batching_parameters_file`: max_batch_size 16, 2 batch threads, timeout 1 ms); target >= 2x;
+   (`--batching_parameters_file`: max_batch_size 16, one batch thread, timeout 5 ms); target >= 2x;
 4. server req/s (batching off) as a fraction of the in-process ceiling, cores / per-call time.
 
 Which model and why batching pays: an MLP of `--layers` dense layers `--width` wide (default 2 x 4096,
@@ -61,18 +61,23 @@ def build_mlp(path: Path, width: int, layers: int) -> None:
     tf.saved_model.save(module, str(path / "mlp" / "1"), signatures={"serving_default": serve})
 
 
-def in_process_latency(path: Path, x: np.ndarray, n: int) -> list[float]:
+def in_process(path: Path):
+    """The SavedModel loaded as the server loads it; call `.run("serving_default", {"x": x}, ["y"])`."""
     from serving.servable import LoadedVersion, load_session
 
     session, meta_graph = load_session(path / "mlp" / "1")
-    lv = LoadedVersion("mlp", 1, path, session, meta_graph)
-    times = []
+    return LoadedVersion("mlp", 1, path, session, meta_graph)
+
+
+def interleaved(calls: dict, n: int) -> dict[str, list[float]]:
+    """Each call timed in turn, round after round, so a change in the machine's load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(n + 5):
-        t0 = time.perf_counter()
-        lv.run("serving_default", {"x": x}, ["y"])
-        if i >= 5:
-            times.append(time.perf_counter() - t0)
-    lv.close()
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= 5:
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -84,10 +89,13 @@ def start_server(path: Path, batching: bool) -> tuple[object, int, int]:
     rest = free_port(taken=[port])
     args = [f"--port={port}", f"--rest_api_port={rest}", f"--model_base_path={path / 'mlp'}", "--model_name=mlp",
             "--file_system_poll_wait_seconds=0"]
+    monitoring = path / "monitoring.txt"
+    monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
+    args.append(f"--monitoring_config_file={monitoring}")
     if batching:
         params = path / "batching.txt"
-        params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 1000 }\n"
-                          "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 64 }\n")
+        params.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000 }\n"
+                          "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 64 }\n")
         args += ["--enable_batching", f"--batching_parameters_file={params}"]
     code = "import sys; from components.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = ManagedProcess("retina serve", [sys.executable, "-c", code, "serve", *args], cwd=ROOT,
@@ -131,17 +139,6 @@ def request(x: np.ndarray, model: str = "mlp"):
     return req
 
 
-def sequential(fn, n: int) -> list[float]:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def load_test(port: int, x: np.ndarray, clients: int, seconds: float) -> tuple[float, int]:
     """`clients` threads, each with its own channel, sending batch-1 Predicts; (req/s, errors)."""
     req = request(x)
@@ -170,6 +167,15 @@ def load_test(port: int, x: np.ndarray, clients: int, seconds: float) -> tuple[f
     return sum(counts) / (time.perf_counter() - t0), sum(errors)
 
 
+def mean_batch_size(rest_port: int) -> float:
+    """Rows per model call, from the server's own `processed_batch_size` histogram."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=10).read().decode()
+    values = {line.split("{")[0].rsplit("_", 1)[-1]: float(line.split()[-1]) for line in page.splitlines()
+              if line.startswith(":tensorflow:serving:batching_session:processed_batch_size_s")
+              or line.startswith(":tensorflow:serving:batching_session:processed_batch_size_c")}
+    return values.get("sum", 0.0) / values["count"] if values.get("count") else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=4096)
@@ -189,26 +195,30 @@ def main() -> None:
     with quiet.captured_stderr():
         build_mlp(work, args.width, args.layers)
     x = np.random.default_rng(1).random((1, args.width), dtype=np.float32)
-    local = in_process_latency(work, x, args.requests)
+    local_version = in_process(work)
 
     proc, port, rest = start_server(work, batching=False)
     try:
         stub, req = grpc_stub(f"127.0.0.1:{port}"), request(x)
-        grpc_times = sequential(lambda: stub.Predict(req, timeout=30), args.requests)
         body = json.dumps({"instances": x.tolist()}).encode()
         url = f"http://127.0.0.1:{rest}/v1/models/mlp:predict"
-        rest_times = sequential(lambda: urllib.request.urlopen(urllib.request.Request(url, data=body)).read(),
-                                args.requests)
+        times = interleaved({
+            "local": lambda: local_version.run("serving_default", {"x": x}, ["y"]),
+            "grpc": lambda: stub.Predict(req, timeout=30),
+            "rest": lambda: urllib.request.urlopen(urllib.request.Request(url, data=body)).read(),
+        }, args.requests)
+        local_version.close()
         off, off_errors = load_test(port, x, args.clients, args.seconds)
     finally:
         proc.stop()
-    proc, port, _ = start_server(work, batching=True)
+    proc, port, rest = start_server(work, batching=True)
     try:
         on, on_errors = load_test(port, x, args.clients, args.seconds)
+        rows_per_call = mean_batch_size(rest)
     finally:
         proc.stop()
 
-    p_local, p_grpc, p_rest = percentile(local, 50), percentile(grpc_times, 50), percentile(rest_times, 50)
+    p_local, p_grpc, p_rest = (percentile(times[k], 50) for k in ("local", "grpc", "rest"))
     cores = os.cpu_count() or 1
     ceiling = cores / (p_local / 1000.0)
     print(f"model: MLP {args.layers} x {args.width} (float32 weights {args.layers * args.width ** 2 * 4 / 1e6:.0f} MB), "
@@ -217,7 +227,7 @@ def main() -> None:
     print(f"  gRPC / in-process = {p_grpc / p_local:.2f}x (+{p_grpc - p_local:.2f} ms; target <= 1.2x or +1 ms)")
     print(f"  REST / gRPC       = {p_rest / p_grpc:.2f}x")
     print(f"{args.clients} clients: batching off {off:.0f} req/s ({off_errors} errors) | on {on:.0f} req/s "
-          f"({on_errors} errors) -> on/off = {on / off:.2f}x (target >= 2x)")
+          f"({on_errors} errors) -> on/off = {on / off:.2f}x (target >= 2x); {rows_per_call:.1f} rows per model call")
     print(f"server req/s (batching off) / in-process ceiling (cores / per-call = {ceiling:.0f} req/s) = "
           f"{off / ceiling:.2f}; with batching {on / ceiling:.2f}")
 

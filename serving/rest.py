@@ -171,8 +171,8 @@ def _json_values(name: str, array: np.ndarray) -> Any:
         flat = [({"b64": base64.b64encode(v).decode("ascii")} if as_b64 else v.decode("utf-8", "replace"))
                 if isinstance(v, bytes) else v for v in array.ravel().tolist()]
         return np.asarray(flat, dtype=object).reshape(array.shape).tolist() if array.shape else flat[0]
-    if array.dtype == np.float32:  # shortest repr of the float32, as TF Serving prints it
-        flat = [float(str(v)) for v in array.ravel()]
+    if array.dtype == np.float32:  # shortest repr of the float32 (0.1, not 0.100000001), as TF Serving prints
+        flat = [float(v) for v in array.ravel().astype(str).tolist()]
         return np.asarray(flat, dtype=object).reshape(array.shape).tolist() if array.shape else flat[0]
     return array.tolist()
 
@@ -246,7 +246,7 @@ class RestApi:
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
         try:
-            return 200, json.dumps(self._dispatch(method, path, body), indent=4)
+            return 200, json.dumps(self._dispatch(method, path, body))
         except ServingStatus as exc:
             return exc.http_status, json.dumps({"error": exc.message}, indent=4)
         except Exception as exc:  # noqa: BLE001
