@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and print the class and the probability of every class.",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG file, local or s3://")
-    predict.add_argument("--server", default="127.0.0.1:8500", help="host:port of the gRPC server")
+    predict.add_argument("--server", default=None,
+                         help="host:port of the server (default 127.0.0.1:8500, with --rest 127.0.0.1:8501)")
     predict.add_argument("--model", required=True, help="model name on the server, e.g. retina-fundus")
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, default=None, help="a specific model version")
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.add_argument("--rest", action="store_true",
-                         help="use the REST API (--server is then host:rest_port, e.g. 127.0.0.1:8501)")
+                         help="use TF Serving's REST API instead of gRPC (--server names the REST port)")
     predict.set_defaults(func=_predict)
 
 
@@ -136,7 +137,8 @@ def format_table(result: dict[str, object]) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    result = predict_files(args.server, args.model, args.images, version=args.version, label=args.label,
+    server = args.server or ("127.0.0.1:8501" if args.rest else "127.0.0.1:8500")
+    result = predict_files(server, args.model, args.images, version=args.version, label=args.label,
                            timeout=args.timeout, batch_size=args.batch_size, rest=args.rest)
     if args.json:
         print(json.dumps(result, indent=2))
