@@ -218,7 +218,7 @@ def warmup_requests(image_size: int, batch_sizes: tuple[int, ...] = (1,)) -> lis
     from serving import tensors
 
     grey = np.full((image_size, image_size, 3), 0.5, np.float32)
-    jpeg = tf.io.encode_jpeg(tf.cast(grey * 255, tf.uint8)).numpy()
+    jpeg = tf.io.encode_jpeg(warmup_photo(max(4 * image_size, 256))).numpy()
     records = []
     for n in batch_sizes:
         log = prediction_log_pb2.PredictionLog()
@@ -239,6 +239,21 @@ def warmup_requests(image_size: int, batch_sizes: tuple[int, ...] = (1,)) -> lis
             example.features.feature[CLASSIFY_IMAGE_FEATURE].bytes_list.value.append(jpeg)
         records.append(log)
     return records
+
+
+def warmup_photo(side: int) -> Any:
+    """A fundus-like test photo (textured orange disc on black) that every modality's preprocessing
+    accepts: the raw-image signature refuses blank images and photos without a retina outline, and a
+    warmup record that fails would fail the version's load."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(yy - side / 2, xx - side / 2) / (0.45 * side)
+    texture = rng.normal(0, 18, (side, side)) + 30 * np.sin(xx / 7.0) * np.cos(yy / 11.0)
+    disc = (r < 1.0)[..., None] * (np.array([200.0, 90.0, 40.0]) * (1.1 - 0.5 * r[..., None] ** 2))
+    photo = np.clip(disc + (r < 1.0)[..., None] * texture[..., None], 0, 255)
+    return photo.astype(np.uint8)
 
 
 def write_warmup_requests(export_dir: str | Path, image_size: int, records: list[Any] | None = None,
