@@ -1,17 +1,16 @@
-"""The batch explanation job: a model + a folder of images -> a published report.
+"""The batch explanation job: a model + a folder of images -> a published report, in four stages.
 
-`explain_images` loads the model through `components.common.model_store.load_model` (local folder,
-bare `.keras` file, `s3://`, `runs:/`, `models:/name@alias`), takes the input size and the
-preprocessing from the model's metadata (so the explainer sees exactly what the model was trained on;
-a bare Keras file with no metadata gets a plain resize), reads the images, computes the CAMs of every
-requested method in shared batched passes, the faithfulness metrics, feature maps of every conv layer
-and filter views, and publishes `<reports>/<model>/<version>/<run>/` atomically.
+    inputs        `read_inputs`: images (labels, lesion masks when the source has them) at the model's size
+    attributions  `compute_attributions`: CAMs of every method in shared batched passes, faithfulness
+                  metrics (pointing game with Zhang et al.'s tolerance, energy-in-mask,
+                  deletion/insertion, model-randomisation SSIM) and the gate
+    visuals       `build_visuals`: overlays per image, feature maps of every conv layer, filter views
+    report        `assemble_report` + `publish`: `<reports>/<model>/<version>/<run>/`, atomically
 
-Inputs it understands:
-- a preprocessed dataset folder (`manifest.json` present): TFRecord shards, labels, `mask` feature;
-- a raw dataset in the EyePACS / Kermany layout (labels and `masks/<id>.png` via `read_dataset`);
-- any folder / prefix of JPEG/PNG/TIFF/BMP files (masks at `masks/<stem>.png` when present).
-An image that cannot be read is listed in the report with the reason; the run goes on.
+`explain_images` composes them. Every knob lives in one frozen `ExplainConfig` (defaults in one place);
+the CLI and the KFP component build one. The model comes through `components.common.model_store`
+(local folder, `.keras` file, `s3://`, `runs:/`, `models:/name@alias`) with its input size and
+preprocessing from its metadata, so the explainer sees exactly what the model was trained on.
 """
 
 from __future__ import annotations
@@ -19,32 +18,29 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.common import storage
-from components.common.errors import ImageRejected, RetinaError, StorageError
+from components.common.errors import RetinaError
+from components.explain.config import (  # noqa: F401 - re-exported: callers import the config from here
+    DEFAULT_METHODS,
+    INPUT_RANGES,
+    ExplainConfig,
+)
+from components.explain.inputs import (  # noqa: F401 - re-exported: the job's first stage
+    DISPLAY_SIZE,
+    IMAGE_SUFFIXES,
+    InputImage,
+    decode,
+    make_preprocessor,
+    read_inputs,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-DEFAULT_METHODS = "gradcam,gradcam++,layercam"
-DISPLAY_SIZE = 384  # originals are downscaled to this for the report (a 3888 px fundus is 20 MB as PNG)
-
-
-@dataclass
-class InputImage:
-    image_id: str
-    source: str
-    original: np.ndarray  # uint8 as decoded (display copy)
-    model_input: np.ndarray  # uint8 [S, S, 3]
-    mask: np.ndarray | None  # uint8 [S, S] on the model-input grid, 255 = lesion
-    label: int | None
-
 
 @dataclass
 class ExplainResult:
@@ -82,11 +78,6 @@ def load_explainable_model(model_uri: str) -> tuple[Any, Any]:
     from components.common.model_store import load_model
 
     return load_model(model_uri)
-
-
-# Pixel range a model expects -> (scale, offset) applied to [0, 1] images. The project's models take [0, 1];
-# a Keras file from elsewhere may take raw 0-255 pixels or [-1, 1].
-INPUT_RANGES: dict[str, tuple[float, float]] = {"0-1": (1.0, 0.0), "0-255": (255.0, 0.0), "-1-1": (2.0, -1.0)}
 
 
 def with_input_range(model: Any, input_range: str) -> Any:
@@ -131,403 +122,276 @@ def model_identity(model_uri: str, info: Any) -> tuple[str, str]:
     return name, f"run-{run_id[:8]}" if run_id else "local"
 
 
-# --------------------------------------------------------------------------- preprocessing
-def make_preprocessor(info: Any, image_size: int) -> Callable[[np.ndarray, np.ndarray | None], tuple]:
-    """(image, mask) -> (uint8 [S,S,3], mask [S,S] | None) with the model's own preprocessing.
-
-    Uses `components.preprocess.ops.preprocess_image` with the parameters stored in the model's
-    metadata; without metadata (any Keras file) it is a plain area resize, as the OCT seed did.
-    """
-    import cv2
-
-    params = None
-    preprocessing = getattr(info, "preprocessing", None) or {}
-    if preprocessing:
-        try:
-            from components.preprocess.ops import PreprocessParams, preprocess_image
-
-            params = PreprocessParams.from_dict(preprocessing)
-        except ModuleNotFoundError:
-            log.warning("components.preprocess is not installed: falling back to a plain resize")
-
-    def to_rgb(img: np.ndarray) -> np.ndarray:
-        return np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img[..., :3]
-
-    def resize_mask(mask: np.ndarray | None) -> np.ndarray | None:
-        if mask is None:
-            return None
-        m = mask[..., 0] if mask.ndim == 3 else mask
-        if m.shape != (image_size, image_size):
-            m = cv2.resize(m, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
-        return m
-
-    def plain(img: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        img = to_rgb(img)
-        if img.shape[:2] != (image_size, image_size):
-            img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
-        return img, resize_mask(mask)
-
-    if params is None:
-        return plain
-
-    def with_params(img: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        if getattr(params, "modality", "") == "oct" and img.ndim == 3:
-            img = cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2GRAY)
-        out = preprocess_image(img, params, mask=mask)
-        return plain(out.image, out.mask)
-
-    return with_params
-
-
-def decode(data: bytes, name: str) -> np.ndarray:
-    """Encoded bytes -> uint8 RGB or grey; ImageRejected with the reason when it cannot be decoded."""
-    import cv2
-
-    if not data:
-        raise ImageRejected(name, "empty file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageRejected(name, "not a decodable image (corrupt or unsupported format)")
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(img.max())))
-    if img.ndim == 3:
-        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
-    return img
-
-
-def _display_copy(img: np.ndarray) -> np.ndarray:
-    import cv2
-
-    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
-    scale = DISPLAY_SIZE / max(rgb.shape[:2])
-    if scale < 1:
-        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    return rgb
-
-
-# --------------------------------------------------------------------------- inputs
 @dataclass
-class _Candidate:
-    image_id: str
+class Subject:
+    """The model under explanation, behind its input-range adapter, and how the report names it."""
+
+    model: Any
+    info: Any
     uri: str
-    label: int | None = None
-    mask_uri: str | None = None
+    image_size: int
+    class_names: list[str]
+    name: str
+    version: str
+
+    @property
+    def is_regression(self) -> bool:
+        return getattr(self.info, "head", "softmax") == "regression"
 
 
-def _list_raw(images_uri: str, modality: str) -> tuple[list[_Candidate], list[tuple[str, str]]]:
-    """Candidates from a recognised dataset layout, else every image file under the folder."""
-    problems: list[tuple[str, str]] = []
-    if modality:
-        try:
-            from components.common.datasets import read_dataset
-
-            listing = read_dataset(images_uri, modality)
-            if listing.records:
-                problems += [(p.name, p.reason) for p in listing.problems]
-                return [_Candidate(r.image_id, r.uri, r.label, r.mask_uri) for r in listing.records], problems
-        except ModuleNotFoundError:
-            pass
-        except Exception as exc:  # noqa: BLE001 - not that layout: fall back to a plain listing
-            log.debug("not a %s dataset layout (%s); listing image files", modality, exc)
-    uris = storage.list_uris(images_uri)
-    masks = {storage.basename(u): u for u in uris if "/masks/" in u.replace("\\", "/")}
-    out = []
-    for u in uris:
-        if "/masks/" in u.replace("\\", "/"):
-            continue
-        name = storage.basename(u)
-        if not name.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        stem = name.rsplit(".", 1)[0]
-        out.append(_Candidate(stem, u, None, masks.get(f"{stem}.png")))
-    return out, problems
-
-
-def _read_raw(
-    candidates: list[_Candidate], preprocess: Callable, max_images: int, progress: bool
-) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Read candidates in order until `max_images` could be used; the unusable ones are listed."""
-    from tqdm import tqdm
-
-    images: list[InputImage] = []
-    problems: list[tuple[str, str]] = []
-    bar = tqdm(total=min(max_images, len(candidates)), desc="read images", unit="img", disable=not progress)
-    for c in candidates:
-        if len(images) >= max_images:
-            break
-        name = storage.basename(c.uri)
-        try:
-            img = decode(storage.read_bytes(c.uri), name)
-            mask = None
-            if c.mask_uri:
-                try:
-                    mask = decode(storage.read_bytes(c.mask_uri), storage.basename(c.mask_uri))
-                    mask = mask[..., 0] if mask.ndim == 3 else mask
-                except (ImageRejected, StorageError) as exc:
-                    log.warning("mask of %s unusable: %s", name, exc)
-            model_input, model_mask = preprocess(img, mask)
-        except ImageRejected as exc:
-            problems.append((name, exc.reason))
-            continue
-        except StorageError as exc:
-            problems.append((name, str(exc)))
-            continue
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
-            problems.append((name, f"preprocessing failed: {type(exc).__name__}: {exc}"))
-            continue
-        images.append(InputImage(c.image_id, c.uri, _display_copy(img), model_input, model_mask, c.label))
-        bar.update(1)
-    bar.close()
-    return images, problems
-
-
-def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Already-preprocessed images from the dataset's shards (test split first)."""
-    import tensorflow as tf
-
-    from components.common.shards import read_manifest, split_shards, stage_dataset
-
-    manifest = read_manifest(images_uri)
-    root = stage_dataset(images_uri)
-    splits = list(manifest.get("splits", {}))
-    ordered = [s for s in ("test", "val", "train") if s in splits] + [s for s in splits if s not in ("test", "val", "train")]
-    images: list[InputImage] = []
-    problems: list[tuple[str, str]] = []
-    for split in ordered:
-        for shard in split_shards(root, split, manifest):
-            for n, raw in enumerate(tf.data.TFRecordDataset(str(shard), compression_type="GZIP")):
-                if len(images) >= max_images:
-                    return images, problems
-                ex = tf.train.Example.FromString(raw.numpy()).features.feature
-                image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else f"{shard.name}#{n}"
-                try:
-                    img = decode(ex["image"].bytes_list.value[0], image_id)
-                    mask = None
-                    if "mask" in ex and ex["mask"].bytes_list.value:
-                        mask = decode(ex["mask"].bytes_list.value[0], image_id + " mask")
-                        mask = mask[..., 0] if mask.ndim == 3 else mask
-                    label = int(ex["label"].int64_list.value[0]) if "label" in ex else None
-                    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
-                    model_input, model_mask = _resize_only(rgb, mask, image_size)
-                except (ImageRejected, IndexError, KeyError) as exc:
-                    problems.append((image_id, getattr(exc, "reason", f"bad record: {exc}")))
-                    continue
-                images.append(InputImage(image_id, f"{split}/{shard.name}", rgb, model_input, model_mask, label))
-    return images, problems
-
-
-def _resize_only(img: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    import cv2
-
-    if img.shape[:2] != (size, size):
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    if mask is not None and mask.shape[:2] != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return img, mask
-
-
-def read_inputs(
-    images_uri: str, info: Any, image_size: int, max_images: int, progress: bool = True
-) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Images (with labels/masks when the source has them) ready for the model, plus unreadable ones."""
-    if not storage.exists(images_uri):
-        raise StorageError(f"no such image folder or prefix: {images_uri}")
-    if storage.exists(storage.join(images_uri, "manifest.json")):
-        return _read_tfrecords(images_uri, image_size, max_images)
-    candidates, problems = _list_raw(images_uri, getattr(info, "modality", "") or "")
-    if not candidates and not problems:
-        raise RetinaError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images_uri}")
-    images, bad = _read_raw(candidates, make_preprocessor(info, image_size), max_images, progress)
-    return images, problems + bad
-
-
-# --------------------------------------------------------------------------- the job
-def explain_images(
-    model_uri: str,
-    images_uri: str,
-    reports_uri: str,
-    methods: str | Sequence[str] = DEFAULT_METHODS,
-    max_images: int = 16,
-    run_name: str = "",
-    batch_size: int = 16,
-    cam_layer: str | None = None,
-    layers: Sequence[str] | None = None,
-    maps_per_layer: int = 32,
-    map_selection: str = "first",
-    feature_map_images: int = 1,
-    filter_count: int = 8,
-    filter_steps: int = 32,
-    faithfulness_steps: int = 16,
-    baseline: str = "grey",
-    thresholds: str | dict[str, tuple[str, float]] | None = None,
-    input_range: str = "0-1",
-    html_path: str | None = None,
-    markdown_path: str | None = None,
-    progress: bool = True,
-) -> ExplainResult:
-    """Explain up to `max_images` images with each CAM method and publish the report.
-
-    Returns the report URI and the pointing game of the first method (-1.0 when there are no masks).
-    `layers` restricts the feature-map grids and names the layers whose filters are visualised
-    (default: every conv layer for maps, the last conv layer for activation maximisation).
-    `thresholds` (`faithfulness.parse_thresholds` text or a dict; None = the defaults) set the
-    faithfulness gate recorded in `summary.json`; `require_gate(result)` turns a failed gate into an error.
-    `input_range` is the pixel range the model expects (`with_input_range`).
-    """
-    from tqdm import tqdm
-
-    from components.explain import faithfulness as faith
-    from components.explain import filters as filt
-    from components.explain.cam import CamProbe, compute_cams, parse_methods
-    from components.explain.feature_maps import feature_maps, render_maps_grid
-    from components.explain.report import (
-        Grid,
-        ImageEntry,
-        Report,
-        overlay,
-    )
-    from components.explain.surgery import conv_layers
-
-    method_names = parse_methods(methods)
-    if isinstance(thresholds, str):  # checked before any work, so a typo costs nothing
-        thresholds = faith.parse_thresholds(thresholds)
-    if input_range not in INPUT_RANGES:
-        raise RetinaError(f"unknown input range {input_range!r}: expected one of {', '.join(INPUT_RANGES)}")
-    if max_images < 1:
-        raise RetinaError(f"max_images must be at least 1, got {max_images}")
+def load_subject(model_uri: str, config: ExplainConfig) -> Subject:
     model, info = load_explainable_model(model_uri)
-    model = with_input_range(model, input_range)
-    image_size = int(model.inputs[0].shape[1] or info.image_size)
-    class_names = list(info.class_names)
-    model_name, model_version = model_identity(model_uri, info)
-    run_name = run_name or _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    model = with_input_range(model, config.input_range)
+    name, version = model_identity(model_uri, info)
+    return Subject(model=model, info=info, uri=str(model_uri), image_size=int(model.inputs[0].shape[1] or info.image_size),
+                   class_names=list(info.class_names), name=name, version=version)
 
-    inputs, problems = read_inputs(images_uri, info, image_size, max_images, progress)
-    probe = CamProbe(model, cam_layer)
-    if not inputs:
-        # Unreadable images are listed, never fatal: a shard of only rejected images still gets its report.
-        log.warning("none of the images under %s could be read (%d unreadable)", images_uri, len(problems))
-        empty = Report(
-            model_name=model_name, model_version=model_version, run_name=run_name, model_uri=str(model_uri),
-            images_uri=str(images_uri), class_names=class_names, methods=method_names, cam_layer=probe.layer,
-            score_kind=probe.score_kind, entries=[], problems=problems,
-            summary={"metrics": {}, "gate": {}, "pointing_game": None, "class_names": class_names},
-        )
-        return _publish(empty, reports_uri, html_path, markdown_path)
-    x = np.stack([im.model_input for im in inputs]).astype(np.float32) / 255.0
 
-    cams: dict[str, list[np.ndarray]] = {m: [] for m in method_names}
-    targets, probs = [], []
-    for start in tqdm(range(0, len(x), batch_size), desc="CAMs", unit="batch", disable=not progress):
-        part = compute_cams(model, x[start : start + batch_size], method_names, probe=probe, batch_size=batch_size)
-        for m in method_names:
+# --------------------------------------------------------------------------- attributions
+@dataclass
+class Attributions:
+    """Stage 2's output: a map per method and image, what each map explains, and how faithful it is."""
+
+    methods: list[str]
+    cams: dict[str, np.ndarray]  # method -> [N, S, S] in [0, 1]
+    targets: np.ndarray  # [N] class each map explains
+    outputs: np.ndarray  # [N, C] probabilities (or [N, 1] regression grades)
+    predicted: np.ndarray  # [N] predicted class ids
+    cam_layer: str
+    score_kind: str
+    per_image: dict[str, dict[str, np.ndarray]]  # method -> metric -> [N] (NaN = not applicable)
+    summary: dict[str, Any]  # metrics per method, gate, pointing game with its tolerance
+
+
+def as_batch(inputs: Sequence[InputImage]) -> np.ndarray:
+    """float32 [N, S, S, 3] in [0, 1]: what every stage feeds the model."""
+    return np.stack([im.model_input for im in inputs]).astype(np.float32) / 255.0
+
+
+def run_cams(model: Any, x: np.ndarray, config: ExplainConfig, probe: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(method -> cams [N,S,S], targets [N], model outputs [N,C]) in batches sharing one probe."""
+    from tqdm import tqdm
+
+    from components.explain.cam import compute_cams
+
+    names = config.method_names
+    cams: dict[str, list[np.ndarray]] = {m: [] for m in names}
+    targets, outputs = [], []
+    for start in tqdm(range(0, len(x), config.batch_size), desc="CAMs", unit="batch", disable=not config.progress):
+        part = compute_cams(model, x[start : start + config.batch_size], names, probe=probe, batch_size=config.batch_size)
+        for m in names:
             cams[m].append(part[m].cams)
-        first = part[method_names[0]]
-        targets.append(first.targets)
-        probs.append(first.probabilities)
-    cam_arrays = {m: np.concatenate(v) for m, v in cams.items()}
-    target_arr = np.concatenate(targets)
-    prob_arr = np.concatenate(probs)
-    is_regression = getattr(info, "head", "softmax") == "regression"
-    if is_regression:
+        targets.append(part[names[0]].targets)
+        outputs.append(part[names[0]].probabilities)
+    return {m: np.concatenate(v) for m, v in cams.items()}, np.concatenate(targets), np.concatenate(outputs)
+
+
+def predicted_classes(subject: Subject, outputs: np.ndarray) -> np.ndarray:
+    if subject.is_regression:
         from components.common.model_store import outputs_to_classes
 
-        predicted = outputs_to_classes(prob_arr, info)
-    else:
-        predicted = prob_arr.argmax(-1)
+        return outputs_to_classes(outputs, subject.info)
+    return outputs.argmax(-1)
 
-    # Faithfulness per method.
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(model(batch, training=False), dtype=np.float32)
 
-    per_image: dict[str, dict[str, np.ndarray]] = {}
-    masks = [im.mask for im in inputs]
-    has_masks = [m is not None for m in masks]
-    for m in tqdm(method_names, desc="faithfulness", unit="method", disable=not progress):
-        metrics: dict[str, np.ndarray] = {}
-        if faithfulness_steps > 0:
-            di = faith.deletion_insertion(predict, x, cam_arrays[m], target_arr, steps=faithfulness_steps,
-                                          baseline=baseline, batch_size=max(batch_size, 32))
-            metrics["deletion_auc"] = di["deletion_auc"]
-            metrics["insertion_auc"] = di["insertion_auc"]
-        if any(has_masks):
-            idx = [i for i, h in enumerate(has_masks) if h]
-            pg = faith.pointing_game(cam_arrays[m][idx], np.stack([masks[i] for i in idx]))
-            for key, vals in pg.items():
-                full = np.full(len(inputs), np.nan)
-                full[idx] = vals
-                metrics[key] = full
-        per_image[m] = metrics
-    primary = method_names[0]
-    probe_method = primary if primary != "scorecam" else "gradcam"
+def faithfulness_metrics(model: Any, x: np.ndarray, cams: np.ndarray, targets: np.ndarray,
+                         masks: Sequence[np.ndarray | None], config: ExplainConfig) -> dict[str, np.ndarray]:
+    """Per-image deletion/insertion AUC and, for the images with a non-empty lesion mask, the pointing
+    game (hit within `config.tolerance_px`), energy-in-mask, the mask fraction and their ratio."""
+    from components.explain import faithfulness as faith
+
+    metrics: dict[str, np.ndarray] = {}
+    if config.faithfulness_steps > 0:
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(model(batch, training=False), dtype=np.float32)
+
+        di = faith.deletion_insertion(predict, x, cams, targets, steps=config.faithfulness_steps,
+                                      baseline=config.baseline, batch_size=max(config.batch_size, 32))
+        metrics["deletion_auc"], metrics["insertion_auc"] = di["deletion_auc"], di["insertion_auc"]
+    idx = [i for i, m in enumerate(masks) if m is not None]
+    if idx:
+        pg = faith.pointing_game(cams[idx], np.stack([masks[i] for i in idx]),
+                                 tolerance=config.tolerance_px(cams.shape[1]))
+        for key, vals in pg.items():
+            metrics[key] = np.full(len(x), np.nan)
+            metrics[key][idx] = vals
+    return metrics
+
+
+def randomization_ssim(model: Any, x: np.ndarray, targets: np.ndarray, trained_cams: np.ndarray, method: str,
+                       layer: str, config: ExplainConfig) -> np.ndarray:
+    """Adebayo et al.'s check: SSIM per image between the trained model's maps and a re-initialised clone's."""
+    from components.explain import faithfulness as faith
+    from components.explain.cam import CamProbe, compute_cams
 
     def cam_fn(rand_model: Any, images: np.ndarray, tgts: np.ndarray) -> np.ndarray:
-        rand_probe = CamProbe(rand_model, probe.layer)
-        return compute_cams(rand_model, images, [probe_method], targets=tgts, probe=rand_probe,
-                            batch_size=batch_size)[probe_method].cams
+        return compute_cams(rand_model, images, [method], targets=tgts, probe=CamProbe(rand_model, layer),
+                            batch_size=config.batch_size)[method].cams
 
-    ssim = faith.randomization_check(cam_fn, model, x, target_arr, cam_arrays[probe_method])
-    per_image.setdefault(probe_method, {})["randomization_ssim"] = ssim
+    return faith.randomization_check(cam_fn, model, x, targets, trained_cams)
+
+
+def summarize_attributions(per_image: dict[str, dict[str, np.ndarray]], methods: list[str], probe_method: str,
+                           tolerance_px: int, config: ExplainConfig) -> dict[str, Any]:
+    """Means per method, the gate on the primary method (+ the randomisation check), and the pointing
+    game of the primary method with the tolerance it was scored at."""
+    from components.explain import faithfulness as faith
 
     metric_summary = {m: faith.summarize(v) for m, v in per_image.items()}
-    gate = faith.gate(metric_summary.get(primary, {}) | metric_summary.get(probe_method, {}), thresholds)
+    primary = methods[0]
+    gate = faith.gate(metric_summary.get(primary, {}) | metric_summary.get(probe_method, {}), config.gate_thresholds)
+    scored = [m for m in methods if metric_summary.get(m, {}).get("pointing_game") is not None]
+    best = max(scored, key=lambda m: metric_summary[m]["pointing_game"]) if scored else None
+    return {
+        "metrics": metric_summary,
+        "gate": gate,
+        "pointing_game": metric_summary.get(primary, {}).get("pointing_game"),
+        "pointing_game_tolerance": {"px": tolerance_px, "px_at_224": config.pointing_tolerance,
+                                    "rule": "hit if the map's maximum lies within px of the lesion mask "
+                                            "(Zhang et al. 2016); images without lesions are not scored"},
+        "best_pointing_method": best,
+    }
+
+
+def compute_attributions(subject: Subject, inputs: Sequence[InputImage], config: ExplainConfig) -> Attributions:
+    """Stage 2: CAMs of every method (shared batched passes), faithfulness per image, summary and gate."""
+    from tqdm import tqdm
+
+    from components.explain.cam import CamProbe
+
+    x = as_batch(inputs)
+    probe = CamProbe(subject.model, config.cam_layer or None)
+    methods = config.method_names
+    cams, targets, outputs = run_cams(subject.model, x, config, probe)
+    masks = [im.mask if im.mask is not None and np.any(im.mask) else None for im in inputs]
+    per_image = {m: faithfulness_metrics(subject.model, x, cams[m], targets, masks, config)
+                 for m in tqdm(methods, desc="faithfulness", unit="method", disable=not config.progress)}
+    probe_method = methods[0] if methods[0] != "scorecam" else "gradcam"
+    if probe_method not in cams:
+        cams_probe = run_cams(subject.model, x, config.replace(methods=probe_method, progress=False), probe)[0]
+        probe_cams = cams_probe[probe_method]
+    else:
+        probe_cams = cams[probe_method]
+    per_image.setdefault(probe_method, {})["randomization_ssim"] = randomization_ssim(
+        subject.model, x, targets, probe_cams, probe_method, probe.layer, config)
+    summary = summarize_attributions(per_image, methods, probe_method, config.tolerance_px(x.shape[1]), config)
+    return Attributions(methods=methods, cams=cams, targets=targets, outputs=outputs,
+                        predicted=predicted_classes(subject, outputs), cam_layer=probe.layer,
+                        score_kind=probe.score_kind, per_image=per_image, summary=summary)
+
+
+# --------------------------------------------------------------------------- visuals
+@dataclass
+class Visuals:
+    """Stage 3's output: one report entry per image (overlays, metrics) and the layer-level grids."""
+
+    entries: list[Any]
+    feature_maps: list[Any]
+    filters: list[Any]
+
+
+def image_entries(subject: Subject, inputs: Sequence[InputImage], att: Attributions) -> list[Any]:
+    from components.explain.report import ImageEntry, overlay
 
     entries = []
     for i, im in enumerate(inputs):
+        out = att.outputs[i]
         entries.append(ImageEntry(
-            image_id=im.image_id,
-            source=im.source,
-            original=im.original,
-            model_input=im.model_input,
-            predicted=int(predicted[i]),
-            probabilities=[float(p) for p in prob_arr[i]] if not is_regression else [float(prob_arr[i].reshape(-1)[0])],
+            image_id=im.image_id, source=im.source, original=im.original, model_input=im.model_input,
+            predicted=int(att.predicted[i]),
+            probabilities=[float(out.reshape(-1)[0])] if subject.is_regression else [float(p) for p in out],
             true_label=im.label,
-            overlays={m: overlay(im.model_input, cam_arrays[m][i]) for m in method_names},
-            metrics={m: {k: float(v[i]) for k, v in per_image[m].items()} for m in per_image},
+            overlays={m: overlay(im.model_input, att.cams[m][i]) for m in att.methods},
+            metrics={m: {k: float(v[i]) for k, v in att.per_image[m].items()} for m in att.per_image},
         ))
+    return entries
 
-    # Feature maps (every conv layer, one forward pass) and filters.
-    grids: list[Grid] = []
-    n_maps = min(feature_map_images, len(inputs))
-    if n_maps > 0:
-        layer_maps = feature_maps(model, x[:n_maps], layers=layers or None, maps_per_layer=maps_per_layer,
-                                  selection=map_selection)
-        for lm in layer_maps:
-            for i in range(n_maps):
-                grids.append(Grid(
-                    f"{lm.layer} · {inputs[i].image_id}",
-                    render_maps_grid(lm.maps[i]),
-                    f"{lm.maps.shape[-1]} of {lm.num_channels} channels ({map_selection}); output {lm.maps.shape[1]}x{lm.maps.shape[2]}",
-                ))
-    filter_grids: list[Grid] = []
+
+def feature_map_grids(model: Any, inputs: Sequence[InputImage], config: ExplainConfig) -> list[Any]:
+    """Feature maps of every conv layer (one forward pass) for the first `feature_map_images` images."""
+    from components.explain.feature_maps import feature_maps, render_maps_grid
+    from components.explain.report import Grid
+
+    n = min(config.feature_map_images, len(inputs))
+    if n <= 0:
+        return []
+    layer_maps = feature_maps(model, as_batch(inputs[:n]), layers=list(config.layers) or None,
+                              maps_per_layer=config.maps_per_layer, selection=config.map_selection)
+    return [
+        Grid(f"{lm.layer} · {inputs[i].image_id}", render_maps_grid(lm.maps[i]),
+             f"{lm.maps.shape[-1]} of {lm.num_channels} channels ({config.map_selection}); "
+             f"output {lm.maps.shape[1]}x{lm.maps.shape[2]}")
+        for lm in layer_maps for i in range(n)
+    ]
+
+
+def filter_grids(model: Any, config: ExplainConfig) -> list[Any]:
+    """First-layer kernels, then activation maximisation of `filter_count` filters per chosen layer."""
+    from components.explain import filters as filt
+    from components.explain.report import Grid
+    from components.explain.surgery import conv_layers
+
     first_path, kernel = filt.first_conv_kernels(model)
-    filter_grids.append(Grid(f"{first_path} kernels", filt.kernel_tiles(kernel),
-                             f"{kernel.shape[0]}x{kernel.shape[1]} kernels, {kernel.shape[-1]} filters"))
-    if filter_count > 0 and filter_steps > 0:
-        am_layers = list(layers) if layers else [conv_layers(model)[-1].path]
-        for layer in am_layers:
-            images_am = filt.maximize_activations(model, layer, filter_count, steps=filter_steps)
-            filter_grids.append(Grid(f"{layer} activation maximisation", filt.images_grid(images_am),
-                                     f"{len(images_am)} filters, {filter_steps} gradient-ascent steps from grey noise"))
+    grids = [Grid(f"{first_path} kernels", filt.kernel_tiles(kernel),
+                  f"{kernel.shape[0]}x{kernel.shape[1]} kernels, {kernel.shape[-1]} filters")]
+    if config.filter_count > 0 and config.filter_steps > 0:
+        for layer in list(config.layers) or [conv_layers(model)[-1].path]:
+            images = filt.maximize_activations(model, layer, config.filter_count, steps=config.filter_steps)
+            grids.append(Grid(f"{layer} activation maximisation", filt.images_grid(images),
+                              f"{len(images)} filters, {config.filter_steps} gradient-ascent steps from grey noise"))
+    return grids
 
-    pointing = metric_summary.get(primary, {}).get("pointing_game")
-    summary = {
-        "metrics": metric_summary,
-        "gate": gate,
-        "pointing_game": pointing,
-        "class_names": class_names,
-    }
-    report = Report(
-        model_name=model_name, model_version=model_version, run_name=run_name, model_uri=str(model_uri),
-        images_uri=str(images_uri), class_names=class_names, methods=method_names, cam_layer=probe.layer,
-        score_kind=probe.score_kind, entries=entries, problems=problems, feature_maps=grids,
-        filters=filter_grids, summary=summary,
+
+def build_visuals(subject: Subject, inputs: Sequence[InputImage], att: Attributions, config: ExplainConfig) -> Visuals:
+    """Stage 3: overlays per image, feature-map grids, filter views."""
+    return Visuals(entries=image_entries(subject, inputs, att), feature_maps=feature_map_grids(subject.model, inputs, config),
+                   filters=filter_grids(subject.model, config))
+
+
+# --------------------------------------------------------------------------- report
+def assemble_report(subject: Subject, images_uri: str, run_name: str, problems: list[tuple[str, str]],
+                    att: Attributions | None, visuals: Visuals | None, config: ExplainConfig) -> Any:
+    """Stage 4a: the `Report` value (no I/O). Without attributions (no readable image) it lists the problems."""
+    from components.explain.report import Report
+
+    summary = att.summary if att else {"metrics": {}, "gate": {}, "pointing_game": None}
+    return Report(
+        model_name=subject.name, model_version=subject.version, run_name=run_name, model_uri=subject.uri,
+        images_uri=str(images_uri), class_names=subject.class_names, methods=config.method_names,
+        cam_layer=att.cam_layer if att else (config.cam_layer or ""), score_kind=att.score_kind if att else "",
+        entries=visuals.entries if visuals else [], problems=problems,
+        feature_maps=visuals.feature_maps if visuals else [], filters=visuals.filters if visuals else [],
+        summary={**summary, "class_names": subject.class_names},
     )
-    return _publish(report, reports_uri, html_path, markdown_path)
 
 
-def _publish(report: Any, reports_uri: str, html_path: str | None, markdown_path: str | None) -> ExplainResult:
-    """Render the report, write the KFP HTML/Markdown files, publish it atomically under its final URI."""
+def explain_images(model_uri: str, images_uri: str, reports_uri: str, config: ExplainConfig | None = None, *,
+                   html_path: str | None = None, markdown_path: str | None = None, **overrides: Any) -> ExplainResult:
+    """Explain up to `config.max_images` images with each CAM method and publish the report.
+
+    `overrides` are `ExplainConfig` fields (`explain_images(m, i, r, methods="gradcam")`), applied on
+    top of `config`. Returns the report URI, the summary and the pointing game of the first method
+    (-1.0 when no image has a lesion mask); `require_gate(result)` turns a failed gate into an error.
+    Unreadable images are listed in the report, never fatal: a shard of only rejected images still
+    gets its report.
+    """
+    config = (config or ExplainConfig()).replace(**overrides) if overrides else (config or ExplainConfig())
+    subject = load_subject(model_uri, config)
+    run_name = config.run_name or _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    inputs, problems = read_inputs(images_uri, subject.info, subject.image_size, config.max_images, config.progress)
+    if not inputs:
+        log.warning("none of the images under %s could be read (%d unreadable)", images_uri, len(problems))
+        report = assemble_report(subject, images_uri, run_name, problems, None, None, config)
+        return publish(report, reports_uri, html_path, markdown_path)
+    att = compute_attributions(subject, inputs, config)
+    visuals = build_visuals(subject, inputs, att, config)
+    report = assemble_report(subject, images_uri, run_name, problems, att, visuals, config)
+    return publish(report, reports_uri, html_path, markdown_path)
+
+
+# --------------------------------------------------------------------------- publish
+def publish(report: Any, reports_uri: str, html_path: str | None, markdown_path: str | None) -> ExplainResult:
+    """Stage 4b: render the report, write the KFP HTML/Markdown files, publish it atomically under its URI."""
     from components.explain.report import (
         markdown_summary,
         publish_report,
