@@ -17,6 +17,7 @@ import io
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -58,6 +59,12 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 # --------------------------------------------------------------------------- drawing helpers
+def _children(rng: np.random.Generator) -> tuple[np.random.Generator, np.random.Generator]:
+    """(lesion generator, noise generator): independent streams split off after the anatomy is drawn."""
+    seeds = rng.integers(0, 2**63 - 1, size=2)
+    return np.random.default_rng(int(seeds[0])), np.random.default_rng(int(seeds[1]))
+
+
 def _blend(canvas: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
     """canvas = canvas*(1-alpha) + colour*alpha, in place (alpha HxW in [0, 1])."""
     a = alpha[..., None]
@@ -264,6 +271,11 @@ def render_fundus(
         )
     _blend(img, np.clip(vessels, 0.0, 1.0) * 0.85, _VESSEL)
 
+    # Everything above is the healthy eye and draws the same numbers whatever the grade; the lesions and
+    # the sensor noise get their own generators, split off here, so a photo outside its lesion mask is
+    # the same photo at every grade (the grade can only be read from the lesions).
+    rng, noise_rng = _children(rng)
+
     # Lesions, each kind on its own alpha layer; the mask is their union.
     counts = [int(rng.integers(lo, hi + 1)) if hi else 0 for lo, hi in _FUNDUS_LESIONS[grade]]
     n_ma, n_haem, n_exu, n_cws, n_tufts = counts
@@ -336,24 +348,39 @@ def render_fundus(
     mask = np.where((lesions > 0.5) & inside, 255, 0).astype(np.uint8)
 
     # Sensor noise, then the black surround outside the field stop (soft edge).
-    img += rng.normal(0.0, 2.5, (h, w, 1)).astype(np.float32)
+    img += noise_rng.normal(0.0, 2.5, (h, w, 1)).astype(np.float32)
     edge = np.clip((1.0 - dist) * geo.radius / (size * 0.006), 0.0, 1.0)
     img *= edge[..., None]
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
 # --------------------------------------------------------------------------- OCT
-def render_oct(label: int, rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """A grey OCT B-scan of class `label` (CONFIG order NORMAL, CNV, DME, DRUSEN) and its lesion mask.
+# Reflectivity of the retinal layers from the ILM down (fractions of the retinal thickness).
+_OCT_LAYERS = (
+    (0.00, 0.10, 0.62),  # nerve fibre layer
+    (0.10, 0.30, 0.38),  # ganglion cell / inner plexiform
+    (0.30, 0.42, 0.18),  # inner nuclear
+    (0.42, 0.52, 0.42),  # outer plexiform
+    (0.52, 0.90, 0.12),  # outer nuclear
+    (0.90, 0.94, 0.55),  # ellipsoid zone
+    (0.94, 1.00, 0.2),
+)
+_RPE = 0.95  # the brightest band
 
-    Layered retina with speckle and a foveal pit. DRUSEN lifts the RPE in dome-shaped bumps filled
-    with medium-bright material; DME adds dark intraretinal fluid pockets and thickens the retina;
-    CNV puts a hyper-reflective subretinal lesion under the fovea with dark fluid above it.
-    """
-    names = CLASS_NAMES["oct"]
-    if not 0 <= label < len(names):
-        raise ValueError(f"OCT label must be 0..{len(names) - 1}, got {label}")
-    name = names[label]
+
+@dataclass
+class _OctAnatomy:
+    """A healthy B-scan's geometry (per column) and reflectivity; pathology is painted over it."""
+
+    refl: np.ndarray  # [h, w] reflectivity
+    bruch: np.ndarray  # [w] y of Bruch's membrane (the RPE's top in a healthy eye)
+    ilm: np.ndarray  # [w] y of the inner limiting membrane
+    thickness: np.ndarray  # [w] ILM -> RPE
+    fovea_x: float
+    rpe_thick: float
+
+
+def _oct_anatomy(rng: np.random.Generator, size: int) -> _OctAnatomy:
     h = w = size
     x = np.arange(w, dtype=np.float32)
     fovea_x = w * rng.uniform(0.42, 0.58)
@@ -361,80 +388,101 @@ def render_oct(label: int, rng: np.random.Generator, size: int = 512) -> tuple[n
     curvature = rng.uniform(0.0, 0.12) * h
     rel = (x - fovea_x) / w
     bruch = h * rng.uniform(0.6, 0.68) + tilt * rel * 2 - curvature * (1 - (2 * rel) ** 2) * 0.5
-
     thickness = h * rng.uniform(0.2, 0.24) * np.ones(w, np.float32)
-    pit = np.exp(-((x - fovea_x) ** 2) / (2 * (w * 0.06) ** 2))
-    thickness -= h * 0.1 * pit
-    if name == "DME":  # oedema: the retina swells and the pit flattens
-        thickness += h * rng.uniform(0.08, 0.12) * np.exp(-((x - fovea_x) ** 2) / (2 * (w * 0.16) ** 2))
-
-    mask = np.zeros((h, w), np.uint8)
-    rpe_top = bruch.copy()
-    drusen = np.zeros(w, np.float32)
-    if name == "DRUSEN":
-        for _ in range(int(rng.integers(3, 6))):
-            cx = fovea_x + rng.uniform(-0.3, 0.3) * w
-            width = w * rng.uniform(0.035, 0.06)
-            height = h * rng.uniform(0.045, 0.075)
-            drusen = np.maximum(drusen, height * np.exp(-((x - cx) ** 2) / (2 * width**2)))
-        rpe_top = bruch - drusen
-    ilm = rpe_top - thickness
-
+    thickness -= h * 0.1 * np.exp(-((x - fovea_x) ** 2) / (2 * (w * 0.06) ** 2))  # the foveal pit
+    ilm = bruch - thickness
     yy = np.arange(h, dtype=np.float32)[:, None]
     depth = (yy - ilm[None, :]) / np.maximum(thickness[None, :], 1.0)  # 0 at ILM, 1 at RPE
     rpe_thick = h * 0.022
-    # Reflectivity of the layers from the ILM down (fractions of the retinal thickness).
-    layers = [
-        (0.00, 0.10, 0.62),  # nerve fibre layer
-        (0.10, 0.30, 0.38),  # ganglion cell / inner plexiform
-        (0.30, 0.42, 0.18),  # inner nuclear
-        (0.42, 0.52, 0.42),  # outer plexiform
-        (0.52, 0.90, 0.12),  # outer nuclear
-        (0.90, 0.94, 0.55),  # ellipsoid zone
-        (0.94, 1.00, 0.2),
-    ]
     refl = np.full((h, w), 0.04, np.float32)  # vitreous
-    for top, bottom, value in layers:
+    for top, bottom, value in _OCT_LAYERS:
         refl = np.where((depth >= top) & (depth < bottom), value, refl)
-    below = yy - rpe_top[None, :]
-    refl = np.where((below >= 0) & (below < rpe_thick), 0.95, refl)  # RPE: the brightest band
-    choroid = (yy - (rpe_top[None, :] + rpe_thick)) / h
+    below = yy - bruch[None, :]
+    refl = np.where((below >= 0) & (below < rpe_thick), _RPE, refl)
+    choroid = (yy - (bruch[None, :] + rpe_thick)) / h
     refl = np.where(choroid >= 0, 0.45 * np.exp(-choroid / 0.12), refl)
+    return _OctAnatomy(refl.astype(np.float32), bruch, ilm, thickness, float(fovea_x), rpe_thick)
 
-    if name == "DRUSEN":  # drusen material between the lifted RPE and Bruch's membrane
-        under = (
-            (yy >= rpe_top[None, :] + rpe_thick) & (yy < bruch[None, :] + rpe_thick) & (drusen[None, :] > 1.0)
-        )
-        refl = np.where(under, 0.5, refl)
-        mask[under] = 255
-    elif name == "DME":  # dark cystoid fluid pockets in the inner/outer nuclear layers
-        for _ in range(int(rng.integers(3, 7))):
-            cx = fovea_x + rng.normal(0, w * 0.08)
-            col = int(np.clip(cx, 0, w - 1))
-            cy = ilm[col] + thickness[col] * rng.uniform(0.35, 0.7)
-            ax = w * rng.uniform(0.025, 0.05)
-            ay = thickness[col] * rng.uniform(0.1, 0.2)
-            pocket = ((x[None, :] - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 < 1.0
-            refl = np.where(pocket, 0.02, refl)
-            mask[pocket] = 255
-    elif name == "CNV":  # fibrovascular membrane above the RPE with subretinal fluid over it
-        cx = fovea_x + rng.normal(0, w * 0.04)
-        half = w * rng.uniform(0.1, 0.16)
-        lesion_h = h * rng.uniform(0.06, 0.09)
-        fluid_h = h * rng.uniform(0.04, 0.07)
-        profile = np.clip(1.0 - ((x - cx) / half) ** 2, 0.0, None)
-        lesion_top = rpe_top - lesion_h * profile
-        fluid_top = lesion_top - fluid_h * np.clip(1.0 - ((x - cx) / (half * 1.3)) ** 2, 0.0, None)
-        lesion = (yy >= lesion_top[None, :]) & (yy < rpe_top[None, :] + rpe_thick) & (profile[None, :] > 0.02)
-        fluid = (yy >= fluid_top[None, :]) & (yy < lesion_top[None, :])
-        refl = np.where(fluid, 0.03, refl)
-        texture = 0.75 + 0.2 * rng.uniform(0, 1, (h, w)).astype(np.float32)
-        refl = np.where(lesion, texture, refl)
-        mask[lesion | fluid] = 255
 
-    refl = cv2.GaussianBlur(refl.astype(np.float32), (0, 0), max(0.5, size * 0.002))
-    speckle = rng.gamma(4.0, 0.25, (h, w)).astype(np.float32)  # multiplicative speckle, mean 1
-    img = refl * speckle * 235.0 + rng.normal(8.0, 4.0, (h, w)).astype(np.float32)
+def _paint_drusen(a: _OctAnatomy, rng: np.random.Generator, mask: np.ndarray) -> None:
+    """Dome-shaped deposits under the RPE lift it into the outer retina; the mask is the lifted RPE plus
+    the deposit (every pixel that differs from the healthy scan)."""
+    h, w = a.refl.shape
+    x = np.arange(w, dtype=np.float32)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    drusen = np.zeros(w, np.float32)
+    for _ in range(int(rng.integers(3, 6))):
+        cx = a.fovea_x + rng.uniform(-0.3, 0.3) * w
+        width = w * rng.uniform(0.035, 0.06)
+        height = h * rng.uniform(0.045, 0.075)
+        drusen = np.maximum(drusen, height * np.exp(-((x - cx) ** 2) / (2 * width**2)))
+    drusen = np.where(drusen > 1.0, drusen, 0.0)
+    rpe_top = (a.bruch - drusen)[None, :]
+    region = (yy >= rpe_top) & (yy < a.bruch[None, :] + a.rpe_thick) & (drusen[None, :] > 0)
+    a.refl[:] = np.where(region, np.where(yy < rpe_top + a.rpe_thick, _RPE, 0.5), a.refl)
+    mask[region] = 255
+
+
+def _paint_dme(a: _OctAnatomy, rng: np.random.Generator, mask: np.ndarray) -> None:
+    """Dark cystoid fluid pockets in the inner/outer nuclear layers."""
+    h, w = a.refl.shape
+    x = np.arange(w, dtype=np.float32)[None, :]
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    for _ in range(int(rng.integers(3, 7))):
+        cx = a.fovea_x + rng.normal(0, w * 0.08)
+        col = int(np.clip(cx, 0, w - 1))
+        cy = a.ilm[col] + a.thickness[col] * rng.uniform(0.35, 0.7)
+        ax = w * rng.uniform(0.03, 0.055)
+        ay = a.thickness[col] * rng.uniform(0.12, 0.22)
+        pocket = ((x - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 < 1.0
+        a.refl[pocket] = 0.02
+        mask[pocket] = 255
+
+
+def _paint_cnv(a: _OctAnatomy, rng: np.random.Generator, mask: np.ndarray) -> None:
+    """A hyper-reflective fibrovascular membrane above the RPE with dark subretinal fluid over it."""
+    h, w = a.refl.shape
+    x = np.arange(w, dtype=np.float32)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    cx = a.fovea_x + rng.normal(0, w * 0.04)
+    half = w * rng.uniform(0.1, 0.16)
+    lesion_h = h * rng.uniform(0.06, 0.09)
+    fluid_h = h * rng.uniform(0.04, 0.07)
+    profile = np.clip(1.0 - ((x - cx) / half) ** 2, 0.0, None)
+    lesion_top = a.bruch - lesion_h * profile
+    fluid_top = lesion_top - fluid_h * np.clip(1.0 - ((x - cx) / (half * 1.3)) ** 2, 0.0, None)
+    lesion = (yy >= lesion_top[None, :]) & (yy < a.bruch[None, :] + a.rpe_thick) & (profile[None, :] > 0.02)
+    fluid = (yy >= fluid_top[None, :]) & (yy < lesion_top[None, :])
+    texture = 0.75 + 0.2 * rng.uniform(0, 1, (h, w)).astype(np.float32)
+    a.refl[:] = np.where(lesion, texture, np.where(fluid, 0.03, a.refl))
+    mask[lesion | fluid] = 255
+
+
+_OCT_PATHOLOGY = {"DRUSEN": _paint_drusen, "DME": _paint_dme, "CNV": _paint_cnv}
+
+
+def render_oct(label: int, rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """A grey OCT B-scan of class `label` (CONFIG order NORMAL, CNV, DME, DRUSEN) and its lesion mask.
+
+    Layered retina with speckle and a foveal pit. DRUSEN lifts the RPE in dome-shaped bumps filled
+    with medium-bright material; DME adds dark intraretinal fluid pockets; CNV puts a hyper-reflective
+    subretinal lesion under the fovea with dark fluid above it. The healthy anatomy and the speckle
+    draw the same numbers for every class (pathology has its own generator), and pathology changes
+    only pixels inside its mask: outside the mask a scan equals the NORMAL scan of the same seed, so
+    the class can be read from the lesions alone (no swollen retina or shifted layers as a global cue).
+    """
+    names = CLASS_NAMES["oct"]
+    if not 0 <= label < len(names):
+        raise ValueError(f"OCT label must be 0..{len(names) - 1}, got {label}")
+    anatomy = _oct_anatomy(rng, size)
+    lesion_rng, noise_rng = _children(rng)
+    mask = np.zeros((size, size), np.uint8)
+    paint = _OCT_PATHOLOGY.get(names[label])
+    if paint is not None:
+        paint(anatomy, lesion_rng, mask)
+    refl = cv2.GaussianBlur(anatomy.refl, (0, 0), max(0.5, size * 0.002))
+    speckle = noise_rng.gamma(4.0, 0.25, (size, size)).astype(np.float32)  # multiplicative speckle, mean 1
+    img = refl * speckle * 235.0 + noise_rng.normal(8.0, 4.0, (size, size)).astype(np.float32)
     img = cv2.GaussianBlur(img, (0, 0), 0.6)
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
