@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,36 +48,60 @@ class DemoSettings:
 
 
 # --------------------------------------------------------------------------- the demo
+# Lines of a step's output worth showing live: the train step's one line per epoch (and its data summary).
+LIVE_LINE = re.compile(r"\b(epoch \d+/\d+|data \{|regression thresholds tuned|resumed from checkpoint)")
+
+
 @contextlib.contextmanager
-def _output_to(log_path: Path) -> Iterator[None]:
-    """Send everything the kfp local runner and its step subprocesses print to a log file.
+def _output_to(log_path: Path, live: re.Pattern[str] | None = None) -> Iterator[None]:
+    """Send everything the kfp local runner and its step subprocesses print to a log file, and echo the
+    lines `live` matches to the terminal as they come (the training step's epochs and metrics).
 
     The runner echoes each step's executor input/output JSON and TensorFlow's start-up lines; the demo
-    shows one line per stage instead and names the log, whose tail it prints if a stage fails.
+    shows one line per stage plus the live lines, and names the log, whose tail it prints if a stage fails.
+    The step subprocesses write into a pipe (file descriptors 1 and 2, which they inherit); a thread
+    copies every line to the log and the matching ones to the saved terminal.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+    read_end, write_end = os.pipe()
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    pump = threading.Thread(target=_pump, args=(read_end, log_path, terminal, live), daemon=True)
+    pump.start()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)  # closes the last write end we hold: the pump sees EOF once steps are gone
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        pump.join(timeout=10)
+        terminal.close()
+
+
+def _pump(read_end: int, log_path: Path, terminal: Any, live: re.Pattern[str] | None) -> None:
+    with os.fdopen(read_end, "rb") as source, open(log_path, "ab") as log:
+        for raw in source:
+            log.write(raw)
+            log.flush()
+            line = raw.decode(errors="replace").strip()
+            match = live.search(line) if live else None
+            if match:
+                terminal.write(f"      {line[match.start():]}\n")
 
 
 def _run_quietly(name: str, arguments: dict[str, Any], home: Path, log_path: Path) -> dict[str, Any]:
     from pipelines.local import run_local
 
     try:
-        with _output_to(log_path):
+        with _output_to(log_path, LIVE_LINE):
             return run_local(name, arguments, home / "pipeline-root")
     except RetinaError as exc:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
