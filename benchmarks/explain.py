@@ -1,24 +1,29 @@
-"""Batched Grad-CAM vs its floor and vs a per-image loop; feature maps of every layer vs one forward pass.
+"""Explanation speed against its floors and against the peer users would pick instead (tf-keras-vis).
 
 For a batch of N images at S px on a DeepSense-like model (`components.train.models.build_model`):
-- floor: one forward + backward pass of the batch through the probe (the least any Grad-CAM costs);
+- floor: one forward + backward pass of the batch through the probe, compiled (the least any
+  Grad-CAM costs);
 - ours: `GradCAM(model)(images)` — surgery done once, one tape, weighting, upsampling, normalisation;
 - loop: the Keras `grad_cam` example's way, one image at a time (one tape per image);
-- feature maps of every conv layer (one multi-output pass) vs one plain forward pass of the model.
+- feature maps of every conv layer (one multi-output pass) vs one forward pass of the model
+  (`model.predict_on_batch`, Keras's compiled inference path);
+- tf-keras-vis 0.8.7 `Gradcam` and `Scorecam` (the `bench` extra) on the same model, images, targets and
+  layer as ours, when it is installed. Score-CAM uses the same number of channels (`max_N`) on both sides.
 All timings from the same run; each is the best of `--repeat` after one warm-up.
 
-    .venv/bin/python benchmarks/explain.py [--size 224] [--batch 32] [--model deepsense] [--width 0.5]
+    .venv/bin/python benchmarks/explain.py [--size 128] [--batch 64] [--model deepsense] [--width 0.25]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 
-def best_of(fn, repeat: int) -> float:
+def best_of(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up (graph tracing, allocations)
     times = []
     for _ in range(repeat):
@@ -28,36 +33,56 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+def peer_cams(model, images, targets, layer: str, channels: int) -> dict[str, Callable[[], object]] | None:
+    """tf-keras-vis's Grad-CAM and Score-CAM as a user would call them, or None when not installed."""
+    try:
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.scorecam import Scorecam
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+        from tf_keras_vis.utils.scores import CategoricalScore
+    except ImportError:
+        return None
+    score = CategoricalScore([int(t) for t in targets])
+    gradcam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+    scorecam = Scorecam(model, model_modifier=ReplaceToLinear(), clone=True)
+    return {
+        "gradcam": lambda: gradcam(score, images, penultimate_layer=layer),
+        "scorecam": lambda: scorecam(score, images, penultimate_layer=layer, max_N=channels),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--model", default="deepsense")
-    parser.add_argument("--width", type=float, default=0.5, help="filter multiplier for deepsense/oct_cnn")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--width", type=float, default=0.25, help="filter multiplier for deepsense/oct_cnn")
+    parser.add_argument("--scorecam-images", type=int, default=8, help="images for the Score-CAM comparison")
+    parser.add_argument("--channels", type=int, default=32, help="Score-CAM channels (ours max_channels, peer max_N)")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
+    import keras
     import tensorflow as tf
 
-    from components.explain.cam import GradCAM
+    from components.explain.cam import GradCAM, ScoreCAM
     from components.explain.feature_maps import feature_maps
     from components.train.models import build_model
 
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = build_model(args.model, "fundus", args.size, 5, width=args.width)
     images = np.random.default_rng(0).random((args.batch, args.size, args.size, 3)).astype(np.float32)
     cam = GradCAM(model)
     probe = cam.probe
     x = tf.constant(images)
+    targets = np.asarray(model.predict_on_batch(images)).argmax(-1)
 
-    def floor() -> None:
+    @tf.function(reduce_retracing=True)
+    def floor_fn(batch):
         with tf.GradientTape() as tape:
-            acts, scores = probe.probe(x)
+            acts, scores = probe.probe(batch)
             total = tf.reduce_sum(tf.reduce_max(scores, axis=-1))
-        tape.gradient(total, acts[0]).numpy()
-
-    def batched() -> None:
-        cam(images, batch_size=args.batch)
+        return tape.gradient(total, acts[0])
 
     def per_image_loop() -> None:  # the Keras example: one image, one tape, at a time
         for i in range(len(images)):
@@ -65,28 +90,37 @@ def main() -> None:
                 acts, scores = probe.probe(x[i : i + 1])
                 top = tf.reduce_max(scores[0])
             grads = tape.gradient(top, acts[0])
-            weights = tf.reduce_mean(grads, axis=(0, 1, 2))
-            heat = tf.nn.relu(tf.reduce_sum(acts[0][0] * weights, -1))
+            heat = tf.nn.relu(tf.reduce_sum(acts[0][0] * tf.reduce_mean(grads, axis=(0, 1, 2)), -1))
             (heat / (tf.reduce_max(heat) + 1e-8)).numpy()
 
-    def forward() -> None:
-        model(x, training=False).numpy()
-
-    def all_maps() -> None:
-        feature_maps(model, images, batch_size=args.batch)
-
-    t_floor = best_of(floor, args.repeat)
-    t_ours = best_of(batched, args.repeat)
-    t_loop = best_of(per_image_loop, args.repeat)
-    t_fwd = best_of(forward, args.repeat)
-    t_maps = best_of(all_maps, args.repeat)
+    t = {
+        "floor": best_of(lambda: floor_fn(x).numpy(), args.repeat),
+        "ours": best_of(lambda: cam(images, targets=targets, batch_size=args.batch), args.repeat),
+        "loop": best_of(per_image_loop, 1),
+        "forward": best_of(lambda: np.asarray(model.predict_on_batch(images)), args.repeat),
+        "maps": best_of(lambda: feature_maps(model, images, batch_size=args.batch), args.repeat),
+    }
     n_conv = len(feature_maps(model, images[:1], maps_per_layer=1))
-    print(f"model {args.model} width {args.width}, {args.batch} images of {args.size}px, CAM layer {cam.probe.layer}")
-    print(f"  forward+backward floor   {t_floor * 1000:9.1f} ms")
-    print(f"  batched Grad-CAM         {t_ours * 1000:9.1f} ms   {t_ours / t_floor:5.2f}x the floor")
-    print(f"  per-image loop           {t_loop * 1000:9.1f} ms   {t_loop / t_ours:5.2f}x slower than batched")
-    print(f"  one forward pass         {t_fwd * 1000:9.1f} ms")
-    print(f"  feature maps, {n_conv:2d} layers  {t_maps * 1000:9.1f} ms   {t_maps / t_fwd:5.2f}x one forward pass")
+    print(f"model {args.model} width {args.width}, {args.batch} images of {args.size}px, CAM layer {probe.layer}")
+    print(f"  forward+backward floor   {t['floor'] * 1000:9.1f} ms")
+    print(f"  batched Grad-CAM         {t['ours'] * 1000:9.1f} ms   {t['ours'] / t['floor']:5.2f}x the floor")
+    print(f"  per-image loop           {t['loop'] * 1000:9.1f} ms   {t['loop'] / t['ours']:5.2f}x slower than batched")
+    print(f"  one forward pass         {t['forward'] * 1000:9.1f} ms")
+    print(f"  feature maps, {n_conv:2d} layers  {t['maps'] * 1000:9.1f} ms   {t['maps'] / t['forward']:5.2f}x one forward pass")
+
+    few, few_targets = images[: args.scorecam_images], targets[: args.scorecam_images]
+    score = ScoreCAM(probe=probe, max_channels=args.channels)
+    t["scorecam"] = best_of(lambda: score(few, targets=few_targets), 1)
+    peer = peer_cams(model, images, targets, probe.layer, args.channels)
+    if peer is None:
+        print("  tf-keras-vis not installed (pip install '.[bench]'): no peer comparison")
+        return
+    peer_few = peer_cams(model, few, few_targets, probe.layer, args.channels)
+    t["peer_gradcam"] = best_of(peer["gradcam"], args.repeat)
+    t["peer_scorecam"] = best_of(peer_few["scorecam"], 1)
+    print(f"  tf-keras-vis Grad-CAM    {t['peer_gradcam'] * 1000:9.1f} ms   ours is {t['peer_gradcam'] / t['ours']:5.2f}x as fast")
+    print(f"  Score-CAM ({len(few)} images, {args.channels} channels): ours {t['scorecam'] * 1000:.0f} ms, "
+          f"tf-keras-vis {t['peer_scorecam'] * 1000:.0f} ms   ours is {t['peer_scorecam'] / t['scorecam']:5.2f}x as fast")
 
 
 if __name__ == "__main__":

@@ -77,28 +77,48 @@ class CamProbe:
         self.layer = ref.path
         self.probe = surgery.build_probe(model, [ref.path], pre_softmax=pre_softmax)
         self.score_kind = self.probe.score_kind
+        self._compiled: Any = None
 
     def activations_and_gradients(
         self, images: np.ndarray, targets: Sequence[int] | None = None
     ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
-        """One forward + one backward pass: (A [N,h,w,K], dScore/dA [N,h,w,K], targets [N], scores [N,C])."""
+        """One forward + one backward pass: (A [N,h,w,K], dScore/dA [N,h,w,K], targets [N], scores [N,C]).
+
+        Runs as one compiled `tf.function` (traced once per probe and image shape): an eager Keras call
+        pays Python overhead per layer, which on small CPU models costs as much as the arithmetic.
+        """
         import tensorflow as tf
 
         x = tf.convert_to_tensor(images, dtype=tf.float32)
-        with tf.GradientTape() as tape:
-            acts, scores = self.probe(x)
-            activations = acts[0]
-            scores = tf.cast(scores, tf.float32)
-            if targets is None:
-                target_ids = tf.argmax(scores, axis=-1, output_type=tf.int32)
-            else:
-                target_ids = tf.convert_to_tensor(np.asarray(targets, dtype=np.int32).reshape(-1))
-                if int(target_ids.shape[0]) != int(x.shape[0]):
-                    raise RetinaError(f"{int(target_ids.shape[0])} targets for {int(x.shape[0])} images")
-            picked = tf.gather(scores, target_ids, axis=1, batch_dims=1)
-            total = tf.reduce_sum(picked)  # per-image gradients: images do not interact
-        grads = tape.gradient(total, activations)
+        if targets is None:
+            wanted = tf.fill([tf.shape(x)[0]], -1)  # -1: explain the top-scoring class
+        else:
+            wanted = tf.convert_to_tensor(np.asarray(targets, dtype=np.int32).reshape(-1))
+            if int(wanted.shape[0]) != int(x.shape[0]):
+                raise RetinaError(f"{int(wanted.shape[0])} targets for {int(x.shape[0])} images")
+        activations, grads, target_ids, scores = self._forward_backward(x, wanted)
         return activations, grads, target_ids.numpy(), scores.numpy()
+
+    @property
+    def _forward_backward(self) -> Any:
+        if self._compiled is None:
+            import tensorflow as tf
+
+            probe = self.probe
+
+            def forward_backward(x: Any, wanted: Any) -> tuple[Any, Any, Any, Any]:
+                with tf.GradientTape() as tape:
+                    acts, scores = probe(x)
+                    activations = acts[0]
+                    scores = tf.cast(scores, tf.float32)
+                    top = tf.argmax(scores, axis=-1, output_type=tf.int32)
+                    target_ids = tf.where(wanted < 0, top, wanted)
+                    picked = tf.gather(scores, target_ids, axis=1, batch_dims=1)
+                    total = tf.reduce_sum(picked)  # per-image gradients: images do not interact
+                return activations, tape.gradient(total, activations), target_ids, scores
+
+            self._compiled = tf.function(forward_backward, reduce_retracing=True)
+        return self._compiled
 
 
 class BaseCAM:
@@ -217,9 +237,8 @@ class ScoreCAM(BaseCAM):
         self.batch_size = batch_size
 
     def raw_cams(self, images: np.ndarray, targets: Sequence[int] | None) -> tuple[Any, np.ndarray, np.ndarray]:
-        import tensorflow as tf
 
-        acts_list, scores = self.probe.probe(tf.convert_to_tensor(images, dtype=tf.float32))
+        acts_list, scores = self.probe.probe.forward(images)
         acts = acts_list[0].numpy()
         scores = np.asarray(scores, dtype=np.float32)
         target_ids = scores.argmax(-1) if targets is None else np.asarray(targets, dtype=np.int64).reshape(-1)
@@ -234,7 +253,7 @@ class ScoreCAM(BaseCAM):
             channel_scores = []
             for s in range(0, len(maps), self.batch_size):
                 masked = images[i][None] * maps[s : s + self.batch_size, :, :, None]
-                _, sc = self.probe.probe(tf.convert_to_tensor(masked))
+                _, sc = self.probe.probe.forward(masked)
                 channel_scores.append(np.asarray(sc)[:, target_ids[i]])
             cs = np.concatenate(channel_scores)
             weights = np.exp(cs - cs.max())

@@ -59,16 +59,18 @@ def feature_maps(
     chosen: dict[str, list[np.ndarray]] = {p: [] for p in paths}
     totals: dict[str, int] = {}
     for start in range(0, len(images), batch_size):
-        outs, _ = probe(images[start : start + batch_size])  # one forward pass for all layers
+        outs, _ = probe.forward(images[start : start + batch_size])  # one compiled pass for all layers
         for path, out in zip(paths, outs, strict=True):
-            arr = np.asarray(out, dtype=np.float32)
-            totals[path] = arr.shape[-1]
-            k = min(maps_per_layer, arr.shape[-1])
-            if selection == "first":
-                idx = np.tile(np.arange(k), (len(arr), 1))
+            channels = int(out.shape[-1])
+            totals[path] = channels
+            k = min(maps_per_layer, channels)
+            if selection == "first":  # a slice: only the kept channels are copied out
+                idx = np.tile(np.arange(k), (int(out.shape[0]), 1))
+                collected[path].append(np.asarray(out[..., :k], dtype=np.float32))
             else:
+                arr = np.asarray(out, dtype=np.float32)
                 idx = np.argsort(-arr.mean(axis=(1, 2)), axis=-1)[:, :k]
-            collected[path].append(np.take_along_axis(arr, idx[:, None, None, :], axis=-1))
+                collected[path].append(np.take_along_axis(arr, idx[:, None, None, :], axis=-1))
             chosen[path].append(idx)
     return [
         LayerMaps(p, np.concatenate(collected[p]), np.concatenate(chosen[p]), totals[p]) for p in paths

@@ -20,6 +20,7 @@ backbone. `find_layer` also accepts the bare inner name when it is unique.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,10 +146,29 @@ def _run(model: Any, capture: set[str] | None, pre_softmax: bool) -> tuple[Any, 
     return inputs, scores, trace, score_kind
 
 
+# Traces and probes per model: a model's graph never changes once built, and a probe shares the model's
+# weights by reference, so both stay valid for the model's lifetime (weak keys: they go with it).
+_CACHE: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _cached(model: Any, key: Any, build: Any) -> Any:
+    try:
+        per_model = _CACHE.setdefault(model, {})
+    except TypeError:  # pragma: no cover - not weak-referenceable: no caching
+        return build()
+    if key not in per_model:
+        per_model[key] = build()
+    return per_model[key]
+
+
 def list_layers(model: Any) -> list[LayerRef]:
     """Every leaf layer in execution order, nested models flattened (paths like `backbone/conv`)."""
-    _, _, trace, _ = _run(model, capture=set(), pre_softmax=False)
-    return _strip_root(trace.refs, model)
+
+    def trace() -> list[LayerRef]:
+        _, _, traced, _ = _run(model, capture=set(), pre_softmax=False)
+        return _strip_root(traced.refs, model)
+
+    return list(_cached(model, "layers", trace))
 
 
 def _strip_root(refs: list[LayerRef], model: Any) -> list[LayerRef]:
@@ -208,6 +228,7 @@ class Probe:
     model: Any
     layer_paths: list[str]
     score_kind: str  # "logits" (softmax skipped) or "output" (model output used as is)
+    _compiled: Any = field(default=None, repr=False)
 
     def __call__(self, images: Any, training: bool = False) -> tuple[list[Any], Any]:
         outs = self.model(images, training=training)
@@ -215,9 +236,27 @@ class Probe:
             outs = [outs]
         return list(outs[:-1]), outs[-1]
 
+    def forward(self, images: Any) -> tuple[list[Any], Any]:
+        """Inference pass compiled as one `tf.function` (traced once per image shape): eager Keras pays
+        Python overhead per layer, as much as the arithmetic of a small model on a CPU."""
+        import tensorflow as tf
+
+        if self._compiled is None:
+            self._compiled = tf.function(lambda x: self(x, training=False), reduce_retracing=True)
+        return self._compiled(tf.convert_to_tensor(images, dtype=tf.float32))
+
 
 def build_probe(model: Any, layer_paths: list[str], pre_softmax: bool = True) -> Probe:
-    """One keras.Model exposing the named layers' outputs (paths as `list_layers` gives them) and scores."""
+    """One keras.Model exposing the named layers' outputs (paths as `list_layers` gives them) and scores.
+
+    Built once per (model, layers, pre_softmax) and reused: tracing the graph costs more than a
+    forward pass of a small model.
+    """
+    return _cached(model, ("probe", tuple(layer_paths), pre_softmax),
+                   lambda: _build_probe(model, list(layer_paths), pre_softmax))
+
+
+def _build_probe(model: Any, layer_paths: list[str], pre_softmax: bool) -> Probe:
     import keras
 
     from components.common.errors import RetinaError
