@@ -27,9 +27,17 @@ def _filters(base: int, width: float) -> int:
     return max(4, int(round(base * width)))
 
 
-def deepsense_blocks(image_size: int) -> int:
-    """How many conv+pool stages fit: halve down to ~4 px, at least 2 and at most 7 (512 px -> 7)."""
-    return int(min(7, max(2, math.floor(math.log2(max(image_size, 8) / 4)))))
+# Side of the last convolutions' output, the map the CAMs read by default. 16 gives 8 px cells at 128 px
+# (lesion-sized, inside the pointing game's 9 px tolerance there); the 2015 net's "halve down to 4 px"
+# gave 8x8 convolutions and a 4x4 pooled map at 128 px, cells of 16-32 px that cannot separate lesions.
+# It also drops a stage (fewer weights, less compute) at every size.
+FINAL_CONV_SIZE = 16
+
+
+def deepsense_blocks(image_size: int, final_conv_size: int = FINAL_CONV_SIZE) -> int:
+    """How many conv+pool stages: the last stage's convolutions see `final_conv_size` px maps
+    (at least 2 and at most 7 stages)."""
+    return int(min(7, max(2, 1 + math.floor(math.log2(max(image_size, 8) / final_conv_size)))))
 
 
 def _head(x: Any, num_classes: int, head: str, dropout: float, hidden: int | None) -> Any:
@@ -55,8 +63,8 @@ def build_deepsense(image_size: int, num_classes: int, head: str = "softmax", wi
     Stages of 3x3 convolutions with batch norm (which the 2015 nets lacked; it lets short runs converge)
     and leaky ReLU, 2x2 max-pooling, filters 32 -> 64 -> ... capped at
     512 (times `width`), two convolutions per stage after the first; the number of stages follows the
-    input size so 512 px and 64 px inputs both end near 4x4. Global max+average pooling, a dropout'd
-    dense layer, then the head.
+    input size so the last stage's convolutions see 16x16 maps at any input size (`deepsense_blocks`),
+    the layer the CAMs read. Global max+average pooling, a dropout'd dense layer, then the head.
     """
     import keras
     from keras import layers
