@@ -8,10 +8,12 @@ from components.train.models import build_model, deepsense_blocks
 
 
 def test_deepsense_depth_follows_input_size():
-    assert deepsense_blocks(512) == 7
-    assert deepsense_blocks(64) == 4
-    assert deepsense_blocks(32) == 3
+    assert deepsense_blocks(512) == 6  # last convolutions at 16x16 (lesion-sized cells for the CAMs)
+    assert deepsense_blocks(128) == 4
+    assert deepsense_blocks(64) == 3
+    assert deepsense_blocks(32) == 2
     assert deepsense_blocks(16) == 2
+    assert deepsense_blocks(512, final_conv_size=4) == 7
 
 
 def test_unknown_names_are_user_errors():
