@@ -71,7 +71,7 @@ class CamProbe:
 
     def __init__(self, model: Any, target_layer: str | None = None, pre_softmax: bool = True):
         self.model = model
-        ref = surgery.find_layer(model, target_layer) if target_layer else surgery.last_spatial_layer(model)
+        ref = surgery.find_layer(model, target_layer) if target_layer else surgery.default_cam_layer(model)
         if ref.rank != 4:
             raise RetinaError(f"layer {ref.path!r} has output shape {ref.shape}; a CAM needs a 4-D output")
         self.layer = ref.path

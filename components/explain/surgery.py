@@ -197,6 +197,29 @@ def last_spatial_layer(model: Any) -> LayerRef:
     return spatial[-1]
 
 
+_POOLING = ("MaxPooling2D", "AveragePooling2D")
+
+
+def default_cam_layer(model: Any) -> LayerRef:
+    """The CAM target when none is named: the last 4-D layer, stepping back over trailing pooling.
+
+    A max-pool after the last convolution is a fixed operation that halves the map: the activation
+    before it carries the same evidence at twice the resolution (16x16 instead of 8x8 for the
+    project's DeepSense at any size), which is what lets a map point at a lesion rather than a region.
+    """
+    import keras
+
+    pooling = tuple(getattr(keras.layers, t) for t in _POOLING)
+    spatial = [r for r in list_layers(model) if r.rank == 4 and not _is_input_layer(r.layer)]
+    if not spatial:
+        from components.common.errors import RetinaError
+
+        raise RetinaError(f"model {model.name!r} has no layer with a 4-D output to explain")
+    while len(spatial) > 1 and isinstance(spatial[-1].layer, pooling):
+        spatial.pop()
+    return spatial[-1]
+
+
 def find_layer(model: Any, name: str) -> LayerRef:
     """A layer by path (`backbone/top_conv`) or by bare name when that name is unique."""
     from components.common.errors import RetinaError

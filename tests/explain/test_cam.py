@@ -236,3 +236,15 @@ def test_unknown_method_names_the_method():
     assert parse_methods("gradcam, GradCAM++,gradcam") == ["gradcam", "gradcam++"]
     with pytest.raises(RetinaError, match="smoothcam"):
         parse_methods("gradcam,smoothcam")
+
+
+def test_default_cam_layer_steps_back_over_the_final_pooling():
+    """DeepSense ends conv -> leaky ReLU -> max-pool: the CAM reads the 16x16 activation, not the 8x8 pool."""
+    from components.explain.cam import CamProbe
+    from components.train.models import build_model
+
+    model = build_model("deepsense", "fundus", 128, 5, width=0.125)
+    probe = CamProbe(model)
+    assert probe.layer == "block4_leaky_relu2"
+    acts, _, _, _ = probe.activations_and_gradients(np.zeros((1, 128, 128, 3), np.float32))
+    assert tuple(acts.shape[1:3]) == (16, 16)
