@@ -185,7 +185,7 @@ def _blob(
 # Lesion counts per grade: (microaneurysms, haemorrhages, hard exudates, cotton-wool spots, neovascular tufts).
 _FUNDUS_LESIONS: dict[int, tuple[tuple[int, int], ...]] = {
     0: ((0, 0), (0, 0), (0, 0), (0, 0), (0, 0)),
-    1: ((4, 8), (0, 0), (0, 0), (0, 0), (0, 0)),
+    1: ((6, 10), (0, 0), (0, 0), (0, 0), (0, 0)),
     2: ((10, 16), (3, 6), (4, 8), (0, 0), (0, 0)),
     3: ((14, 22), (10, 16), (10, 18), (3, 6), (0, 0)),
     4: ((14, 22), (12, 18), (12, 20), (4, 7), (2, 4)),
@@ -282,7 +282,7 @@ def render_fundus(
     red = np.zeros((h, w), np.float32)
     for _ in range(n_ma):
         x, y = geo.lesion_site(rng, near_macula=0.6)
-        _blob(red, rng, x, y, size * rng.uniform(0.009, 0.013), irregular=False)
+        _blob(red, rng, x, y, size * rng.uniform(0.012, 0.016), irregular=False)
     for _ in range(n_haem):
         x, y = geo.lesion_site(rng, near_macula=0.5)
         if rng.uniform() < 0.3:  # flame-shaped: elongated along the nerve fibres
