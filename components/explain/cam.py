@@ -97,7 +97,19 @@ class CamProbe:
             if int(wanted.shape[0]) != int(x.shape[0]):
                 raise RetinaError(f"{int(wanted.shape[0])} targets for {int(x.shape[0])} images")
         activations, grads, target_ids, scores = self._forward_backward(x, wanted)
-        return activations, grads, target_ids.numpy(), scores.numpy()
+        return activations[0], grads[0], target_ids.numpy(), scores.numpy()
+
+    def all_activations_and_gradients(
+        self, images: np.ndarray, targets: Sequence[int] | None = None
+    ) -> tuple[list[Any], list[Any], np.ndarray, np.ndarray]:
+        """As `activations_and_gradients`, for every layer the probe captures (one pass)."""
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(images, dtype=tf.float32)
+        wanted = tf.fill([tf.shape(x)[0]], -1) if targets is None else tf.convert_to_tensor(
+            np.asarray(targets, dtype=np.int32).reshape(-1))
+        activations, grads, target_ids, scores = self._forward_backward(x, wanted)
+        return list(activations), list(grads), target_ids.numpy(), scores.numpy()
 
     @property
     def _forward_backward(self) -> Any:
@@ -108,8 +120,7 @@ class CamProbe:
 
             def forward_backward(x: Any, wanted: Any) -> tuple[Any, Any, Any, Any]:
                 with tf.GradientTape() as tape:
-                    acts, scores = probe(x)
-                    activations = acts[0]
+                    activations, scores = probe(x)
                     scores = tf.cast(scores, tf.float32)
                     top = tf.argmax(scores, axis=-1, output_type=tf.int32)
                     target_ids = tf.where(wanted < 0, top, wanted)
@@ -262,8 +273,50 @@ class ScoreCAM(BaseCAM):
         return np.stack(out).astype(np.float32), target_ids, scores
 
 
+class FusedLayerCAM(BaseCAM):
+    """Jiang et al. 2021's multi-layer LayerCAM: LayerCAM maps of the shallower conv stages (every stage
+    output above the CAM layer's resolution), each scaled to [0, 1], the shallow ones through
+    `2 tanh(2 M)` as in the paper, fused by element-wise maximum.
+
+    Why: a deep 16x16 map says which region, the shallow stages say which pixels. On the synthetic
+    fundus photos the last layer's Grad-CAM points at a lesion in ~60-70% of the held-out images;
+    this fusion points at one in ~98% with 4-5x the lesion energy of a uniform map (README).
+    Falls back to plain LayerCAM on the CAM layer when the model has no shallower stage.
+    """
+
+    name = "layercam-fused"
+    needs_gradients = False  # its own multi-layer pass, not the shared single-layer one
+
+    def __init__(self, model: Any = None, target_layer: str | None = None, probe: CamProbe | None = None):
+        super().__init__(model, target_layer, probe)
+        model = self.probe.model
+        final = surgery.find_layer(model, self.probe.layer)
+        size = final.shape[1] or 0
+        shallow = [r.path for r in surgery.stage_outputs(model) if (r.shape[1] or 0) > size]
+        self.layers = shallow or [final.path]
+        # One multi-layer probe per shared probe: compute_cams makes a method object per batch, and the
+        # compiled pass must be traced once, not once per batch.
+        multi = self.probe.__dict__.get("_fused")
+        if multi is None:
+            multi = CamProbe(model, final.path)
+            multi.probe = surgery.build_probe(model, self.layers, pre_softmax=self.probe.score_kind == "logits")
+            multi.layer = ",".join(self.layers)
+            self.probe.__dict__["_fused"] = multi
+        self.multi = multi
+
+    def raw_cams(self, images: np.ndarray, targets: Sequence[int] | None) -> tuple[Any, np.ndarray, np.ndarray]:
+        import tensorflow as tf
+
+        acts, grads, target_ids, scores = self.multi.all_activations_and_gradients(images, targets)
+        size = (images.shape[1], images.shape[2])
+        maps = [upsample_and_normalize(tf.nn.relu(tf.reduce_sum(tf.nn.relu(g) * a, -1)), size)
+                for a, g in zip(acts, grads, strict=True)]
+        scaled = [2.0 * np.tanh(2.0 * m) for m in maps[:-1]] + [maps[-1]] if len(maps) > 1 else maps
+        return np.max(np.stack(scaled), axis=0), target_ids, scores
+
+
 METHODS: dict[str, type[BaseCAM]] = {
-    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM)
+    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, FusedLayerCAM, ScoreCAM)
 }
 
 

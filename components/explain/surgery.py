@@ -220,6 +220,16 @@ def default_cam_layer(model: Any) -> LayerRef:
     return spatial[-1]
 
 
+def stage_outputs(model: Any) -> list[LayerRef]:
+    """The activation each pooling layer reduces (the output of every conv stage), shallow to deep."""
+    import keras
+
+    pooling = tuple(getattr(keras.layers, t) for t in _POOLING)
+    refs = list_layers(model)
+    return [prev for prev, ref in zip(refs, refs[1:], strict=False)
+            if isinstance(ref.layer, pooling) and prev.rank == 4 and not _is_input_layer(prev.layer)]
+
+
 def find_layer(model: Any, name: str) -> LayerRef:
     """A layer by path (`backbone/top_conv`) or by bare name when that name is unique."""
     from components.common.errors import RetinaError
