@@ -99,26 +99,20 @@ def with_input_range(model: Any, input_range: str) -> Any:
 def model_identity(model_uri: str, info: Any) -> tuple[str, str]:
     """(model name, version) for the report path.
 
-    `models:/name@alias` resolves the alias to its version number when the registry answers;
-    `runs:/<id>/…` gives `run-<id8>`; local files use the model's name and `local`.
+    `models:/name@alias` resolves the alias to its version number when the registry answers (else the
+    alias names the report); `runs:/<id>/…` gives `run-<id8>`; local files use the model's name and
+    `local` (or `run-<id8>` when its metadata names the run that trained it).
     """
-    uri = str(model_uri)
-    if uri.startswith("models:/"):
-        rest = uri[len("models:/") :]
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            try:
-                from mlflow.tracking import MlflowClient
+    from components.common.model_ref import ModelRef, ModelRefError
 
-                return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
-            except Exception:  # noqa: BLE001 - the alias name still identifies the report
-                return name, alias
-        name, _, version = rest.partition("/")
-        return name, version or "latest"
-    name = getattr(info, "model_name", "") or Path(uri.rstrip("/")).stem or "model"
-    if uri.startswith("runs:/"):
-        return name, "run-" + uri[len("runs:/") :].split("/", 1)[0][:8]
-    run_id = getattr(info, "run_id", "") or ""
+    ref = ModelRef.parse(str(model_uri))
+    if ref.kind == "registry":
+        try:
+            return ref.name, ref.pinned().version
+        except ModelRefError:  # the registry did not answer: the alias still identifies the report
+            return ref.name, ref.alias
+    name = getattr(info, "model_name", "") or Path(ref.path.rstrip("/")).stem or "model"
+    run_id = ref.run_id if ref.kind == "run" else getattr(info, "run_id", "") or ""
     return name, f"run-{run_id[:8]}" if run_id else "local"
 
 

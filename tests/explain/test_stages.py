@@ -120,3 +120,15 @@ def test_report_stage_without_readable_images_lists_the_problems():
     assert report.entries == [] and report.problems == [("x.jpg", "truncated")]
     assert report.summary["pointing_game"] is None and report.summary["class_names"] == ["a", "b"]
     assert report.methods == ExplainConfig().method_names
+
+
+def test_report_is_named_from_the_model_ref():
+    from types import SimpleNamespace
+
+    from components.explain.explanation import model_identity
+
+    info = SimpleNamespace(model_name="deepsense", run_id="0123456789abcdef")
+    assert model_identity("models:/retina-fundus/3", info) == ("retina-fundus", "3")
+    assert model_identity("runs:/fedcba9876543210/model", info) == ("deepsense", "run-fedcba98")
+    assert model_identity("/tmp/x/model", info) == ("deepsense", "run-01234567")
+    assert model_identity("/tmp/x/any.keras", SimpleNamespace(model_name="", run_id="")) == ("any", "local")
