@@ -114,7 +114,8 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> di
     """Hit = the map's maximum lies inside the lesion mask (dilated by `tolerance` px).
 
     Images whose mask is empty are not scored (hit = NaN): there is nothing to point at.
-    Also returns the chance rate (mask area fraction) and energy-in-mask (sum of map inside / total).
+    Also returns the chance rate (mask area fraction), energy-in-mask (sum of map inside / total) and
+    their ratio `energy_ratio` (how many times the lesion energy a uniform map would have: 1 = chance).
     """
     import cv2
 
@@ -137,7 +138,8 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> di
         total = float(cams[i].sum())
         energy[i] = float(cams[i][m].sum() / total) if total > 0 else 0.0
         chance[i] = float(m.mean())
-    return {"pointing_hit": hits, "energy_in_mask": energy, "mask_fraction": chance}
+    ratio = np.where(chance > 0, energy / np.where(chance > 0, chance, 1.0), np.nan)
+    return {"pointing_hit": hits, "energy_in_mask": energy, "mask_fraction": chance, "energy_ratio": ratio}
 
 
 def ssim_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -186,7 +188,7 @@ def summarize(per_image: Mapping[str, Sequence[float]]) -> dict[str, float | Non
 
 # Summary metrics a threshold may name (see `summarize`).
 GATE_METRICS = ("deletion_auc", "insertion_auc", "insertion_minus_deletion", "pointing_game", "energy_in_mask",
-                "mask_fraction", "randomization_ssim")
+                "mask_fraction", "energy_ratio", "randomization_ssim")
 _COMPARISONS = (">=", "<=", ">", "<")
 
 

@@ -52,6 +52,8 @@ def test_pointing_game_hits_misses_and_chance_rate():
     assert out["pointing_hit"][0] == 1 and out["pointing_hit"][1] == 0 and np.isnan(out["pointing_hit"][2])
     np.testing.assert_allclose(out["mask_fraction"][:2], 0.09)
     assert out["energy_in_mask"][0] == 1 and out["energy_in_mask"][1] == 0
+    np.testing.assert_allclose(out["energy_ratio"][:2], [1 / 0.09, 0.0])  # x the energy of a uniform map
+    assert np.isnan(out["energy_ratio"][2])
     near_miss = np.zeros((1, 10, 10), np.float32)
     near_miss[0, 5, 3] = 1  # 2 px below the mask
     assert faith.pointing_game(near_miss, masks[1:2])["pointing_hit"][0] == 0
