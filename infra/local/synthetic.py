@@ -192,20 +192,8 @@ _FUNDUS_LESIONS: dict[int, tuple[tuple[int, int], ...]] = {
 }
 
 
-def render_fundus(
-    grade: int, rng: np.random.Generator, size: int = 512, eye: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """A colour fundus photo of DR grade 0–4 and its lesion mask (255 on lesion pixels).
-
-    Grade 1 plants microaneurysms; 2 adds blot haemorrhages and hard exudates; 3 many of those plus
-    cotton-wool spots; 4 adds neovascular tufts near the optic disc. Returns (RGB HxWx3, mask HxW)
-    with H = size and W = round(size * 1.33).
-    """
-    if grade not in _FUNDUS_LESIONS:
-        raise ValueError(f"fundus grade must be 0..4, got {grade}")
-    if eye is None:
-        eye = "left" if rng.uniform() < 0.5 else "right"
-    geo = _FundusGeometry(rng, size, eye)
+def _healthy_fundus(geo: _FundusGeometry, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float RGB image, distance from the centre in retina radii) of a healthy eye, before noise."""
     h, w = geo.h, geo.w
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     dist = np.hypot(xx - geo.centre[0], yy - geo.centre[1]) / geo.radius
@@ -233,6 +221,12 @@ def render_fundus(
     cup = np.clip((geo.disc_radius * 0.45 - dd) / (size * 0.015) + 0.5, 0.0, 1.0)
     _blend(img, cup * 0.6, np.array([255.0, 245.0, 215.0], np.float32))
 
+    _draw_vessel_tree(img, geo, rng, size)
+    return img, dist
+
+
+def _draw_vessel_tree(img: np.ndarray, geo: _FundusGeometry, rng: np.random.Generator, size: int) -> None:
+    h, w = geo.h, geo.w
     # Vessel tree: four arcades leaving the disc plus a few small nasal vessels.
     vessels = np.zeros((h, w), np.float32)
     towards_macula = math.atan2(geo.macula[1] - geo.disc[1], geo.macula[0] - geo.disc[0])
@@ -271,12 +265,33 @@ def render_fundus(
         )
     _blend(img, np.clip(vessels, 0.0, 1.0) * 0.85, _VESSEL)
 
-    # Everything above is the healthy eye and draws the same numbers whatever the grade; the lesions and
-    # the sensor noise get their own generators, split off here, so a photo outside its lesion mask is
-    # the same photo at every grade (the grade can only be read from the lesions).
-    rng, noise_rng = _children(rng)
 
-    # Lesions, each kind on its own alpha layer; the mask is their union.
+def _tufts(n: int, geo: _FundusGeometry, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Neovascularisation at/near the disc: `n` tangles of fine looping vessels (an alpha layer)."""
+    tufts = np.zeros((geo.h, geo.w), np.float32)
+    for _ in range(n):  # neovascularisation at/near the disc: a tangle of fine looping vessels
+        r0 = geo.disc_radius * rng.uniform(0.8, 2.2)
+        t0 = rng.uniform(0, 2 * math.pi)
+        cx, cy = geo.disc[0] + r0 * math.cos(t0), geo.disc[1] + r0 * math.sin(t0)
+        for _ in range(int(rng.integers(6, 10))):
+            n_pts = 10
+            ang = rng.uniform(0, 2 * math.pi)
+            pts = []
+            px, py = cx, cy
+            for _ in range(n_pts):
+                ang += rng.normal(0, 0.9)
+                px += size * 0.012 * math.cos(ang)
+                py += size * 0.012 * math.sin(ang)
+                pts.append((px, py))
+            arr = np.round(np.array(pts) * 4).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(tufts, [arr], False, 1.0, max(1, round(size * 0.005)), cv2.LINE_AA, shift=2)
+
+    return tufts
+
+
+def _lesion_layers(grade: int, geo: _FundusGeometry, rng: np.random.Generator, size: int) -> list[np.ndarray]:
+    """Alpha layers [red, yellow, white, tufts] of the lesions a grade plants (their union is the mask)."""
+    h, w = geo.h, geo.w
     counts = [int(rng.integers(lo, hi + 1)) if hi else 0 for lo, hi in _FUNDUS_LESIONS[grade]]
     n_ma, n_haem, n_exu, n_cws, n_tufts = counts
     red = np.zeros((h, w), np.float32)
@@ -317,38 +332,45 @@ def render_fundus(
     for _ in range(n_cws):
         x, y = geo.lesion_site(rng, near_macula=0.3)
         _blob(white, rng, x, y, size * rng.uniform(0.025, 0.04))
-    tufts = np.zeros((h, w), np.float32)
-    for _ in range(n_tufts):  # neovascularisation at/near the disc: a tangle of fine looping vessels
-        r0 = geo.disc_radius * rng.uniform(0.8, 2.2)
-        t0 = rng.uniform(0, 2 * math.pi)
-        cx, cy = geo.disc[0] + r0 * math.cos(t0), geo.disc[1] + r0 * math.sin(t0)
-        for _ in range(int(rng.integers(6, 10))):
-            n_pts = 10
-            ang = rng.uniform(0, 2 * math.pi)
-            pts = []
-            px, py = cx, cy
-            for _ in range(n_pts):
-                ang += rng.normal(0, 0.9)
-                px += size * 0.012 * math.cos(ang)
-                py += size * 0.012 * math.sin(ang)
-                pts.append((px, py))
-            arr = np.round(np.array(pts) * 4).astype(np.int32).reshape(-1, 1, 2)
-            cv2.polylines(tufts, [arr], False, 1.0, max(1, round(size * 0.005)), cv2.LINE_AA, shift=2)
+    tufts = _tufts(n_tufts, geo, rng, size)
+    return [np.clip(layer, 0, 1) for layer in (red, yellow, white, tufts)]
 
-    red = np.clip(red, 0, 1)
-    yellow = np.clip(yellow, 0, 1)
-    white = np.clip(white, 0, 1)
-    tufts = np.clip(tufts, 0, 1)
+
+def _paint_lesions(img: np.ndarray, layers: list[np.ndarray], size: int) -> None:
+    red, yellow, white, tufts = layers
     _blend(img, _soft(white, size * 0.006) * 0.8, _COTTON_WOOL)
     _blend(img, _soft(yellow, size * 0.0015) * 0.95, _EXUDATE)
     _blend(img, _soft(red, size * 0.0015) * 0.92, _RED_LESION)
     _blend(img, tufts * 0.9, np.array([150.0, 20.0, 25.0], np.float32))
-    lesions = np.maximum.reduce([red, yellow, white, tufts])
-    inside = dist < 1.0
-    mask = np.where((lesions > 0.5) & inside, 255, 0).astype(np.uint8)
+
+
+
+def render_fundus(
+    grade: int, rng: np.random.Generator, size: int = 512, eye: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A colour fundus photo of DR grade 0–4 and its lesion mask (255 on lesion pixels).
+
+    Grade 1 plants microaneurysms; 2 adds blot haemorrhages and hard exudates; 3 many of those plus
+    cotton-wool spots; 4 adds neovascular tufts near the optic disc. Returns (RGB HxWx3, mask HxW)
+    with H = size and W = round(size * 1.33).
+    """
+    if grade not in _FUNDUS_LESIONS:
+        raise ValueError(f"fundus grade must be 0..4, got {grade}")
+    if eye is None:
+        eye = "left" if rng.uniform() < 0.5 else "right"
+    geo = _FundusGeometry(rng, size, eye)
+    img, dist = _healthy_fundus(geo, rng, size)
+    # Everything above is the healthy eye and draws the same numbers whatever the grade; the lesions and
+    # the sensor noise get their own generators, split off here, so a photo outside its lesion mask is
+    # the same photo at every grade (the grade can only be read from the lesions).
+    rng, noise_rng = _children(rng)
+
+    layers = _lesion_layers(grade, geo, rng, size)
+    _paint_lesions(img, layers, size)
+    mask = np.where((np.maximum.reduce(layers) > 0.5) & (dist < 1.0), 255, 0).astype(np.uint8)
 
     # Sensor noise, then the black surround outside the field stop (soft edge).
-    img += noise_rng.normal(0.0, 2.5, (h, w, 1)).astype(np.float32)
+    img += noise_rng.normal(0.0, 2.5, (geo.h, geo.w, 1)).astype(np.float32)
     edge = np.clip((1.0 - dist) * geo.radius / (size * 0.006), 0.0, 1.0)
     img *= edge[..., None]
     return np.clip(img, 0, 255).astype(np.uint8), mask
