@@ -51,31 +51,12 @@ def peer_cams(model, images, targets, layer: str, channels: int) -> dict[str, Ca
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--model", default="deepsense")
-    parser.add_argument("--width", type=float, default=0.25, help="filter multiplier for deepsense/oct_cnn")
-    parser.add_argument("--scorecam-images", type=int, default=8, help="images for the Score-CAM comparison")
-    parser.add_argument("--channels", type=int, default=32, help="Score-CAM channels (ours max_channels, peer max_N)")
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-
-    import keras
+def gradcam_timings(cam, images, targets, repeat: int) -> dict[str, float]:
+    """Floor (compiled forward+backward), ours batched, and the Keras example's per-image loop."""
     import tensorflow as tf
 
-    from components.explain.cam import GradCAM, ScoreCAM
-    from components.explain.feature_maps import feature_maps
-    from components.train.models import build_model
-
-    keras.utils.set_random_seed(0)
-    model = build_model(args.model, "fundus", args.size, 5, width=args.width)
-    images = np.random.default_rng(0).random((args.batch, args.size, args.size, 3)).astype(np.float32)
-    cam = GradCAM(model)
     probe = cam.probe
     x = tf.constant(images)
-    targets = np.asarray(model.predict_on_batch(images)).argmax(-1)
 
     @tf.function(reduce_retracing=True)
     def floor_fn(batch):
@@ -93,15 +74,40 @@ def main() -> None:
             heat = tf.nn.relu(tf.reduce_sum(acts[0][0] * tf.reduce_mean(grads, axis=(0, 1, 2)), -1))
             (heat / (tf.reduce_max(heat) + 1e-8)).numpy()
 
-    t = {
-        "floor": best_of(lambda: floor_fn(x).numpy(), args.repeat),
-        "ours": best_of(lambda: cam(images, targets=targets, batch_size=args.batch), args.repeat),
+    return {
+        "floor": best_of(lambda: floor_fn(x).numpy(), repeat),
+        "ours": best_of(lambda: cam(images, targets=targets, batch_size=len(images)), repeat),
         "loop": best_of(per_image_loop, 1),
-        "forward": best_of(lambda: np.asarray(model.predict_on_batch(images)), args.repeat),
-        "maps": best_of(lambda: feature_maps(model, images, batch_size=args.batch), args.repeat),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--model", default="deepsense")
+    parser.add_argument("--width", type=float, default=0.25, help="filter multiplier for deepsense/oct_cnn")
+    parser.add_argument("--scorecam-images", type=int, default=8, help="images for the Score-CAM comparison")
+    parser.add_argument("--channels", type=int, default=32, help="Score-CAM channels (ours max_channels, peer max_N)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import keras
+
+    from components.explain.cam import GradCAM, ScoreCAM
+    from components.explain.feature_maps import feature_maps
+    from components.train.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(args.model, "fundus", args.size, 5, width=args.width)
+    images = np.random.default_rng(0).random((args.batch, args.size, args.size, 3)).astype(np.float32)
+    cam = GradCAM(model)
+    targets = np.asarray(model.predict_on_batch(images)).argmax(-1)
+    t = gradcam_timings(cam, images, targets, args.repeat)
+    t["forward"] = best_of(lambda: np.asarray(model.predict_on_batch(images)), args.repeat)
+    t["maps"] = best_of(lambda: feature_maps(model, images, batch_size=args.batch), args.repeat)
     n_conv = len(feature_maps(model, images[:1], maps_per_layer=1))
-    print(f"model {args.model} width {args.width}, {args.batch} images of {args.size}px, CAM layer {probe.layer}")
+    print(f"model {args.model} width {args.width}, {args.batch} images of {args.size}px, CAM layer {cam.probe.layer}")
     print(f"  forward+backward floor   {t['floor'] * 1000:9.1f} ms")
     print(f"  batched Grad-CAM         {t['ours'] * 1000:9.1f} ms   {t['ours'] / t['floor']:5.2f}x the floor")
     print(f"  per-image loop           {t['loop'] * 1000:9.1f} ms   {t['loop'] / t['ours']:5.2f}x slower than batched")
@@ -109,13 +115,13 @@ def main() -> None:
     print(f"  feature maps, {n_conv:2d} layers  {t['maps'] * 1000:9.1f} ms   {t['maps'] / t['forward']:5.2f}x one forward pass")
 
     few, few_targets = images[: args.scorecam_images], targets[: args.scorecam_images]
-    score = ScoreCAM(probe=probe, max_channels=args.channels)
+    score = ScoreCAM(probe=cam.probe, max_channels=args.channels)
     t["scorecam"] = best_of(lambda: score(few, targets=few_targets), 1)
-    peer = peer_cams(model, images, targets, probe.layer, args.channels)
+    peer = peer_cams(model, images, targets, cam.probe.layer, args.channels)
     if peer is None:
         print("  tf-keras-vis not installed (pip install '.[bench]'): no peer comparison")
         return
-    peer_few = peer_cams(model, few, few_targets, probe.layer, args.channels)
+    peer_few = peer_cams(model, few, few_targets, cam.probe.layer, args.channels)
     t["peer_gradcam"] = best_of(peer["gradcam"], args.repeat)
     t["peer_scorecam"] = best_of(peer_few["scorecam"], 1)
     print(f"  tf-keras-vis Grad-CAM    {t['peer_gradcam'] * 1000:9.1f} ms   ours is {t['peer_gradcam'] / t['ours']:5.2f}x as fast")

@@ -72,9 +72,12 @@ def feature_maps(
                 idx = np.argsort(-arr.mean(axis=(1, 2)), axis=-1)[:, :k]
                 collected[path].append(np.take_along_axis(arr, idx[:, None, None, :], axis=-1))
             chosen[path].append(idx)
-    return [
-        LayerMaps(p, np.concatenate(collected[p]), np.concatenate(chosen[p]), totals[p]) for p in paths
-    ]
+    return [LayerMaps(p, _joined(collected[p]), _joined(chosen[p]), totals[p]) for p in paths]
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """One array from the batches' parts, without copying when there is one batch (maps are large)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def colorize(values: np.ndarray, colormap: str = "viridis") -> np.ndarray:
