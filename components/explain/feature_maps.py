@@ -66,7 +66,7 @@ def feature_maps(
             k = min(maps_per_layer, channels)
             if selection == "first":  # a slice: only the kept channels are copied out
                 idx = np.tile(np.arange(k), (int(out.shape[0]), 1))
-                collected[path].append(np.asarray(out[..., :k], dtype=np.float32))
+                collected[path].append(np.asarray(out if k == channels else out[..., :k], dtype=np.float32))
             else:
                 arr = np.asarray(out, dtype=np.float32)
                 idx = np.argsort(-arr.mean(axis=(1, 2)), axis=-1)[:, :k]
