@@ -154,8 +154,13 @@ def class_weights(per_class: list[int], max_weight: float = 10.0) -> list[float]
 
 
 # ----------------------------------------------------------------------------- augmentation
+BACKGROUND_GREY = 128.0 / 255.0  # outside the retina after Ben Graham preprocessing (the `offset` 128)
+
+
 def _rotate(image: Any, angle: Any) -> Any:
-    """Rotate about the centre by `angle` radians (bilinear, black corners — the fundus background)."""
+    """Rotate about the centre by `angle` radians (bilinear). The uncovered corners get the 50 % grey that
+    Ben Graham's preprocessing gives everything outside the retina: black corners would be a bright-to-dark
+    edge no real input has, and a CAM learns to look at it (Grad-CAM lit the image border)."""
     import tensorflow as tf
 
     h = tf.cast(tf.shape(image)[0], tf.float32)
@@ -166,7 +171,7 @@ def _rotate(image: Any, angle: Any) -> Any:
     transform = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])[None, :]
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
-        interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=BACKGROUND_GREY,
     )
     return out[0]
 
