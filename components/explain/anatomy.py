@@ -110,6 +110,7 @@ def field_of_view(image: np.ndarray) -> np.ndarray:
     """
     import cv2
     from scipy.ndimage import binary_fill_holes
+    from skimage.morphology import convex_hull_image
 
     img = _as_255(image)
     if img.ndim == 2:
@@ -123,11 +124,30 @@ def field_of_view(image: np.ndarray) -> np.ndarray:
     closed = cv2.morphologyEx(differs.astype(np.uint8), cv2.MORPH_CLOSE, _disk(max(h, w) / 40)) > 0
     filled = binary_fill_holes(closed)
     fov = _largest_component(filled)
-    # Opening removes threads of noise reaching into the surround (JPEG ringing at the rim).
-    fov = cv2.morphologyEx(fov.astype(np.uint8), cv2.MORPH_OPEN, _disk(max(h, w) / 100)) > 0
+    # Opening removes threads of noise reaching into the surround (JPEG ringing at the rim); the hull
+    # fills what Graham's normalisation flattened to the surround's grey inside a smooth retina.
+    fov = _largest_component(cv2.morphologyEx(fov.astype(np.uint8), cv2.MORPH_OPEN, _disk(max(h, w) / 100)) > 0)
+    if fov.any():
+        fov = _round_field(convex_hull_image(fov))
     if fov.sum() < 0.05 * h * w:
         raise RetinaError("no field of view found: the image is (almost) uniform")
     return fov
+
+
+def _round_field(hull: np.ndarray) -> np.ndarray:
+    """The circle around the hull (clipped by the frame) when the hull fills most of it.
+
+    A fundus camera's field stop is a circle; where Graham's normalisation left a smooth retina as flat
+    as the surround, the hull of what remains falls short of the rim, the circle through its outermost
+    points (vessels reach the rim) does not. A hull far from round (a cropped or odd frame) stays as it is.
+    """
+    import cv2
+
+    points = np.argwhere(hull)[:, ::-1].astype(np.float32)
+    (cx, cy), r = cv2.minEnclosingCircle(points)
+    yy, xx = np.ogrid[: hull.shape[0], : hull.shape[1]]
+    circle = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+    return circle if hull.sum() >= 0.6 * circle.sum() else hull
 
 
 def _fov_diameter(fov: np.ndarray) -> float:
