@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from components.common import storage
 from components.common.config import ALIAS_CHAMPION, REGISTERED_MODEL, check_modality
@@ -94,36 +94,98 @@ def make_shards(images_uri: str, shard_size: int, work_uri: str, run_name: str =
     return shards
 
 
-def write_batch_index(report_uris: list[str], pointing_games: list[float], out_uri: str, title: str) -> str:
-    """Publish `<out_uri>/index.html` + `summary.json` linking every shard report; returns `out_uri`.
+def _read_shard(report_uri: str) -> dict[str, Any] | None:
+    """A shard report's `summary.json`, or None when the report is missing (a failed shard)."""
+    try:
+        return storage.read_json(storage.join(report_uri, "summary.json"))
+    except Exception:  # noqa: BLE001 - a missing or unreadable shard is shown as such, not fatal
+        return None
 
+
+def aggregate_shards(summaries: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Metrics over every image of every shard, computed as a single report computes them.
+
+    Per-image numbers (deletion/insertion AUC, pointing hits, randomisation SSIM, ...) are pooled and
+    summarised by `faithfulness.summarize`, so the batch numbers equal those of one report over all the
+    images; anatomy shares are image-weighted means. The gate passes when every shard's gate passed.
+    """
+    from components.explain.faithfulness import summarize
+
+    present = [s for s in summaries if s]
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for s in present:
+        for image in s.get("images", []):
+            for method, values in (image.get("metrics") or {}).items():
+                for name, value in values.items():
+                    pooled.setdefault(method, {}).setdefault(name, []).append(math.nan if value is None else float(value))
+    metrics = {m: summarize(v) for m, v in pooled.items()}
+    anatomy: dict[str, dict[str, Any]] = {}
+    for s in present:
+        weight = int(s.get("num_images", 0))
+        for method, a in (s.get("anatomy") or {}).items():
+            agg = anatomy.setdefault(method, {"mass": {}, "area": {}, "flagged": 0, "_n": 0})
+            agg["flagged"] += int(a.get("flagged", 0))
+            agg["_n"] += weight
+            for kind in ("mass", "area"):
+                for region, value in (a.get(kind) or {}).items():
+                    agg[kind][region] = agg[kind].get(region, 0.0) + weight * float(value)
+    for agg in anatomy.values():
+        n = max(agg.pop("_n"), 1)
+        for kind in ("mass", "area"):
+            agg[kind] = {r: v / n for r, v in agg[kind].items()}
+    gates = [s.get("gate") or {} for s in present]
+    decided = [g for g in gates if g.get("metrics")]
+    return {
+        "num_images": sum(int(s.get("num_images", 0)) for s in present),
+        "unreadable": sum(len(s.get("unreadable", [])) for s in present),
+        "shards": len(summaries),
+        "missing_shards": len(summaries) - len(present),
+        "metrics": metrics,
+        "anatomy": anatomy,
+        "gate_passed": all(bool(g.get("passed", True)) for g in decided) and len(present) == len(summaries),
+        "gate_shards_failed": sum(1 for g in decided if not g.get("passed", True)),
+    }
+
+
+def write_batch_index(report_uris: list[str], pointing_games: list[float], out_uri: str, title: str,
+                      html_path: str | None = None) -> str:
+    """Publish `<out_uri>/index.html` + `summary.json` over every shard report; returns `out_uri`.
+
+    The page links each shard's report relatively (`../<shard>/index.html`), so it works from S3 behind a
+    static file server or a local copy; with `html_path` the same page is also written for the KFP HTML
+    artifact, where relative links cannot resolve, so there the report locations are shown as text.
     The mean pointing game counts only shards that had lesion masks (the explain step reports -1 otherwise).
     """
     if len(report_uris) != len(pointing_games):
         raise ValueError("one pointing game per shard report expected")
     scored = [g for g in pointing_games if g >= 0]
+    shards = [_read_shard(u) for u in report_uris]
+    aggregate = aggregate_shards(shards)
     summary = {
         "title": title,
-        "shards": [{"report_uri": u, "pointing_game": g} for u, g in zip(report_uris, pointing_games, strict=True)],
+        "shards": [{"report_uri": u, "link": _relative_link(u, out_uri), "pointing_game": g,
+                    "num_images": (s or {}).get("num_images"), "gate_passed": _shard_gate(s)}
+                   for u, g, s in zip(report_uris, pointing_games, shards, strict=True)],
         "mean_pointing_game": sum(scored) / len(scored) if scored else None,
+        "aggregate": aggregate,
     }
-    rows = "\n".join(
-        f'<tr><td><a href="{html.escape(_relative_link(u, out_uri), quote=True)}">{html.escape(u)}</a></td>'
-        f"<td>{'n/a' if g < 0 else f'{g:.3f}'}</td></tr>"
-        for u, g in zip(report_uris, pointing_games, strict=True)
-    )
-    mean = "n/a" if summary["mean_pointing_game"] is None else f"{summary['mean_pointing_game']:.3f}"
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{len(report_uris)} shard report(s); mean pointing game {mean}.</p>"
-        f"<table><tr><th>report</th><th>pointing game</th></tr>{rows}</table></body></html>"
-    )
+    from pipelines.batch_page import render_index
+
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "summary.json").write_text(json.dumps(summary, indent=2))
-        Path(tmp, "index.html").write_text(page)
+        Path(tmp, "index.html").write_text(render_index(summary, shards, out_uri, links=True), encoding="utf-8")
+        if html_path:
+            Path(html_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(html_path).write_text(render_index(summary, shards, out_uri, links=False), encoding="utf-8")
         storage.publish_folder(tmp, out_uri, last=["index.html"], overwrite=True)
     return out_uri.rstrip("/")
+
+
+def _shard_gate(summary: dict[str, Any] | None) -> bool | None:
+    if summary is None:
+        return None
+    gate = summary.get("gate") or {}
+    return bool(gate.get("passed", True)) if gate.get("metrics") else None
 
 
 def _relative_link(report_uri: str, index_uri: str) -> str:

@@ -243,7 +243,7 @@ code,.wrap{overflow-wrap:anywhere;word-break:break-word}
 .muted{color:#5b6875;font-size:.88em}
 .facts{display:flex;flex-wrap:wrap;gap:10px;margin:.6em 0}
 .fact{background:#fff;border:1px solid #d5dde5;border-radius:8px;padding:8px 12px;min-width:130px}
-.fact b{display:block;font-size:1.25em}
+.fact strong{display:block;font-size:1.25em}
 .pass{color:#137333}.fail{color:#b3261e}.na{color:#5b6875}
 .badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:.85em;font-weight:600;color:#fff}
 .badge.pass{background:#137333;color:#fff}.badge.fail{background:#b3261e;color:#fff}.badge.na{background:#77818b;color:#fff}
@@ -311,7 +311,7 @@ def _header(report: Report) -> list[str]:
         facts.append(("SSIM vs champion", _fmt(champion)))
     out = [
         f"<h1>Explanations for {e_(report.model_name)} <span class=muted>version {e_(report.model_version)}</span></h1>",
-        "<div class=facts>" + "".join(f"<div class=fact><span class=muted>{k}</span><b>{v}</b></div>" for k, v in facts) + "</div>",
+        "<div class=facts>" + "".join(f"<div class=fact><span class=muted>{k}</span><strong>{v}</strong></div>" for k, v in facts) + "</div>",
         _table(["", ""], [
             ["run", e_(report.run_name)], ["model", f"<code>{e_(report.model_uri)}</code>"],
             ["images", f"<code>{e_(report.images_uri)}</code>"],
@@ -410,10 +410,10 @@ def _image_anatomy(e: ImageEntry, limit: float | None) -> str:
 def _image_card(i: int, e: ImageEntry, report: Report, src: Callable[[str], str]) -> str:
     e_ = html.escape
     names = report.class_names
-    truth = "" if e.true_label is None else f" · true: <b>{e_(_class_name(names, e.true_label))}</b>"
+    truth = "" if e.true_label is None else f" · true: <strong>{e_(_class_name(names, e.true_label))}</strong>"
     out = [f"<div class=card id='img{i}'><h3>{e_(e.image_id)}</h3>",
            f"<p class='muted wrap'>{e_(e.source)}</p>",
-           f"<p>predicted: <b>{e_(_class_name(names, e.predicted))}</b>{truth}</p>", _bars(e, names), "<div class=row>"]
+           f"<p>predicted: <strong>{e_(_class_name(names, e.predicted))}</strong>{truth}</p>", _bars(e, names), "<div class=row>"]
     for path, title, caption, _ in _entry_figures(i, e):
         cap = e_(title) + (f"<br><span class=muted>{e_(caption)}</span>" if caption else "")
         out.append(f"<figure>{_img(src, path, title)}<figcaption>{cap}</figcaption></figure>")

@@ -86,8 +86,8 @@ def clinical_report(size: int = 128, champion: bool = True):
     )
 
 
-def _check(result: dict, what: str) -> None:
-    assert result["images"] > 0, what
+def _check(result: dict, what: str, images: bool = True) -> None:
+    assert (result["images"] > 0) == images, what
     assert result["broken"] == [], (what, result["broken"])
     for state in ("closed", "opened"):
         assert result[state]["scroll"] <= 1280, (what, state, result)
@@ -145,3 +145,39 @@ def test_patient_pairs_only_when_both_eyes_are_there():
 
     entries = [entry(n) for n in ("3_left", "7_left", "x", "3_right", "12_right")]
     assert patient_groups(entries) == [[3, 0], [1], [2], [4]]
+
+
+def test_batch_index_links_every_shard_relatively_and_aggregates_all_of_them(tmp_path: Path):
+    """The index over shard reports, from a folder as it lies on S3 (or a local copy of it)."""
+    import re
+
+    from components.explain.report import write_report
+    from pipelines.batch import write_batch_index
+
+    root = tmp_path / "reports" / "retina-fundus" / "7"
+    uris = []
+    for k in range(2):
+        report = clinical_report(champion=False)
+        report.entries[0].metrics = {"gradcam": {"deletion_auc": 0.1 * (k + 1), "insertion_auc": 0.6, "pointing_hit": 1.0 - k}}
+        write_report(report, root / f"batch-shard-0000{k}")
+        uris.append(str(root / f"batch-shard-0000{k}"))
+    uris.append(str(root / "batch-shard-00002"))  # a shard whose explain step never published
+    artifact = tmp_path / "kfp" / "index.html"
+    out = Path(write_batch_index(uris, [1.0, 0.0, -1.0], str(root / "batch"), "Batch <explanation>",
+                                 html_path=str(artifact)))
+    page = (out / "index.html").read_text()
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert hrefs == [f"../batch-shard-0000{k}/index.html" for k in range(3)]
+    assert all((out / h).resolve().is_file() for h in hrefs[:2]) and "report missing" in page
+    assert "s3://" not in page and "n/a" not in page and "<explanation>" not in page
+    summary = json.loads((out / "summary.json").read_text())
+    agg = summary["aggregate"]
+    assert agg["num_images"] == 8 and agg["unreadable"] == 2 and agg["missing_shards"] == 1
+    # Pooled per image: 4 images per shard, the first carries deletion 0.1 / 0.2, the rest 0.12.
+    assert agg["metrics"]["gradcam"]["deletion_auc"] == pytest.approx((0.1 + 0.2 + 6 * 0.12) / 8)
+    assert agg["metrics"]["gradcam"]["pointing_game"] == pytest.approx(0.5)
+    assert agg["gate_passed"] is False  # a missing report is no pass
+    print(f"\nindex screenshots: {tmp_path}")
+    _check(inspect_page(out / "index.html", tmp_path / "index-1280.png", height=1400), "index", images=False)
+    _check(inspect_page(artifact, tmp_path / "index-kfp-1280.png", height=1400), "index artifact", images=False)
+    assert "batch-shard-00001/index.html" in artifact.read_text()
