@@ -45,8 +45,7 @@ def merge_reports(
 
     name, _, version = model_uri[len("models:/") :].partition("/")
     out_uri = storage.join(reports_uri, name, version or "latest", run_name)
-    write_batch_index(list(report_uris), list(pointing_games), out_uri, f"Batch explanation {name} v{version}")
-    with open(index.path, "w") as fh:
-        fh.write(storage.read_text(storage.join(out_uri, "index.html")))
+    write_batch_index(list(report_uris), list(pointing_games), out_uri, f"Batch explanation {name} v{version}",
+                      html_path=index.path)
     mean = json.loads(storage.read_text(storage.join(out_uri, "summary.json")))["mean_pointing_game"]
     return namedtuple("MergeOutputs", ["index_uri", "mean_pointing_game"])(out_uri, -1.0 if mean is None else mean)
