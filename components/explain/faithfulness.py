@@ -29,6 +29,7 @@ BASELINES = ("grey", "blur")
 DEFAULT_THRESHOLDS: dict[str, tuple[str, float]] = {
     "randomization_ssim": ("<=", 0.5),  # maps must change when the weights are randomised
     "insertion_minus_deletion": (">=", 0.0),  # ranking pixels by the map beats the reverse test
+    "outside_retina_share": ("<=", 0.2),  # heat outside the FOV / in the vitreous (anatomy.py): not the camera
 }
 
 
@@ -188,7 +189,7 @@ def summarize(per_image: Mapping[str, Sequence[float]]) -> dict[str, float | Non
 
 # Summary metrics a threshold may name (see `summarize`).
 GATE_METRICS = ("deletion_auc", "insertion_auc", "insertion_minus_deletion", "pointing_game", "energy_in_mask",
-                "mask_fraction", "energy_ratio", "randomization_ssim")
+                "mask_fraction", "energy_ratio", "randomization_ssim", "outside_retina_share")
 _COMPARISONS = (">=", "<=", ">", "<")
 
 
