@@ -4,7 +4,7 @@ A model behind TF Serving answers Predict and nothing else: no layer outputs, no
 methods need only `predict(images) -> probabilities`, so the same code explains a Keras model in this
 process and a model on the real `tensorflow/serving` (each batch one Predict request):
 
-- occlusion (Zeiler & Fergus 2014): slide a grey square over the image; the heat of a pixel is the mean
+- occlusion (Zeiler & Fergus 2014): slide a square of the image's mean colour over the image; the heat of a pixel is the mean
   drop of the target probability over the squares that covered it;
 - RISE (Petsiuk et al. 2018): random low-resolution binary masks, bilinearly upsampled with a random
   sub-cell shift, keep a fraction `keep` of the image each; the heat is the probability-weighted mean
@@ -38,7 +38,7 @@ class PerturbationConfig:
     masks: int = 384  # RISE masks per image
     cells: int = 8  # RISE mask grid (cells x cells before upsampling)
     keep: float = 0.5  # RISE: probability that a cell is kept
-    fill: float = 0.5  # what occluded / masked-out pixels become (grey, as the deletion baseline)
+    fill: float | None = None  # what occluded / masked-out pixels become; None = the image's mean colour
     batch_size: int = 64  # images per predict call (one Predict request)
     seed: int = 0
 
@@ -65,6 +65,15 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     if unknown or not names:
         raise RetinaError(f"unknown perturbation method(s) {', '.join(unknown) or '(none)'}: expected {', '.join(METHODS)}")
     return names
+
+
+def fill_values(images: np.ndarray, fill: float | None) -> np.ndarray:
+    """[N, 1, 1, C] colour that replaces hidden pixels. The image's own mean colour by default: a fixed grey
+    is itself a bright or dark patch on many images (brighter than a dark fundus), which the model may
+    read as a lesion, so hiding the real lesion would not look like hiding anything."""
+    if fill is None:
+        return images.mean(axis=(1, 2), keepdims=True)
+    return np.full((len(images), 1, 1, images.shape[-1]), fill, np.float32)
 
 
 def _normalize(maps: np.ndarray) -> np.ndarray:
@@ -101,6 +110,7 @@ def occlusion(
         raise RetinaError(f"occlusion expects square images, got {h}x{w}")
     boxes = occlusion_boxes(h, config.window, config.stride)
     per_image = len(boxes)
+    fills = fill_values(images, config.fill)
 
     def make(start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *images.shape[1:]), np.float32)
@@ -108,7 +118,7 @@ def occlusion(
             i, b = divmod(k, per_image)
             y, x, side = boxes[b]
             out[j] = images[i]
-            out[j, y : y + side, x : x + side] = config.fill
+            out[j, y : y + side, x : x + side] = fills[i, 0]
         return out
 
     probs = _batched(predict, _chunks(n * per_image, make, config.batch_size)).reshape(n, per_image, -1)
@@ -145,12 +155,13 @@ def rise(
     n, h = images.shape[:2]
     masks = rise_masks(h, config)
     count = len(masks)
+    fills = fill_values(images, config.fill)
 
     def make(start: int, stop: int) -> np.ndarray:
         idx = np.arange(start, stop)
         i, m = np.divmod(idx, count)
         keep = masks[m][..., None]
-        return (images[i] * keep + config.fill * (1.0 - keep)).astype(np.float32)
+        return (images[i] * keep + fills[i] * (1.0 - keep)).astype(np.float32)
 
     probs = _batched(predict, _chunks(n * count, make, config.batch_size)).reshape(n, count, -1)
     weights = probs[np.arange(n)[:, None], np.arange(count)[None, :], targets[:, None]]  # [N, M]
