@@ -102,7 +102,15 @@ def main() -> None:
     parser.add_argument("--scorecam-images", type=int, default=8, help="images for the Score-CAM comparison")
     parser.add_argument("--channels", type=int, default=32, help="Score-CAM channels (ours max_channels, peer max_N)")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--grpc", action="store_true",
+                        help="instead: occlusion/RISE of a served model through gRPC vs in process (explain_served.py)")
+    from explain_served import add_arguments, run
+
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.grpc:
+        run(args.size, args.images, args.masks, args.predict_batch, args.repeat, args.width)
+        return
 
     import keras
 
