@@ -50,6 +50,7 @@ class ExplainConfig:
     thresholds: str | Mapping[str, tuple[str, float]] = ""  # faithfulness gate; "" = defaults, "none" = off
     input_range: str = "0-1"  # pixel range the model expects
     pointing_tolerance: float = POINTING_TOLERANCE_AT_224  # px at 224 px input, scaled to the model's size
+    champion: str = ""  # the champion's model URI: its maps beside this model's, with SSIM; "" = none
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -120,6 +121,7 @@ HELP: dict[str, str] = {
     "filter_steps": "gradient-ascent steps per filter view",
     "faithfulness_steps": "deletion/insertion steps (0 = skip)",
     "baseline": "deletion/insertion baseline: grey | blur",
+    "champion": "the champion's model URI: its heatmaps beside this model's, with their SSIM, in the report",
     "thresholds": 'faithfulness gate, e.g. "randomization_ssim<=0.5,pointing_game>=0.3" '
     '(default: randomization_ssim<=0.5,insertion_minus_deletion>=0; "none" = no gate)',
     "input_range": "pixel range the model expects: 0-1 (the project's models), 0-255 or -1-1",

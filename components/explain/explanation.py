@@ -270,6 +270,10 @@ def compute_attributions(subject: Subject, inputs: Sequence[InputImage], config:
                                          probe)[0][probe_method]
     for m, ssim in randomization_ssim(subject.model, x, targets, trained, probe.layer, config).items():
         per_image.setdefault(m, {})["randomization_ssim"] = ssim
+    from components.explain import clinical  # the anatomy check's gate metric (h15)
+
+    anatomy = clinical.anatomy_metrics([im.model_input for im in inputs], cams, getattr(subject.info, "modality", ""))
+    per_image[methods[0]]["outside_retina_share"] = clinical.outside_shares(anatomy, methods[0])
     summary = summarize_attributions(per_image, methods, probe_method, config.tolerance_px(x.shape[1]), config)
     return Attributions(methods=methods, cams=cams, targets=targets, outputs=outputs,
                         predicted=predicted_classes(subject, outputs), cam_layer=probe.layer,
@@ -339,9 +343,17 @@ def filter_grids(model: Any, config: ExplainConfig) -> list[Any]:
 
 
 def build_visuals(subject: Subject, inputs: Sequence[InputImage], att: Attributions, config: ExplainConfig) -> Visuals:
-    """Stage 3: overlays per image, feature-map grids, filter views."""
-    return Visuals(entries=image_entries(subject, inputs, att), feature_maps=feature_map_grids(subject.model, inputs, config),
-                   filters=filter_grids(subject.model, config))
+    """Stage 3: overlays per image, the clinician's views (h15's `clinical`: lesion outlines, anatomy, the DR
+    ordinal view, feature maps of every conv layer per image, the champion's maps), filter views."""
+    from components.explain import clinical
+
+    entries = image_entries(subject, inputs, att)
+    att.summary.update(clinical.enrich_entries(
+        entries, subject.model, as_batch(inputs), [im.mask for im in inputs], att.cams, att.predicted, att.cam_layer,
+        subject.is_regression, subject.class_names, None, clinical.ClinicalOptions(
+            modality=getattr(subject.info, "modality", ""), layers=tuple(config.layers), maps_per_layer=config.maps_per_layer,
+            map_selection=config.map_selection, champion_uri=config.champion, batch_size=config.batch_size)))
+    return Visuals(entries=entries, feature_maps=[], filters=filter_grids(subject.model, config))
 
 
 # --------------------------------------------------------------------------- report
@@ -357,7 +369,8 @@ def assemble_report(subject: Subject, images_uri: str, run_name: str, problems: 
         cam_layer=att.cam_layer if att else (config.cam_layer or ""), score_kind=att.score_kind if att else "",
         entries=visuals.entries if visuals else [], problems=problems,
         feature_maps=visuals.feature_maps if visuals else [], filters=visuals.filters if visuals else [],
-        summary={**summary, "class_names": subject.class_names},
+        summary={**summary, "class_names": subject.class_names}, modality=summary.get("modality", ""),
+        champion_uri=config.champion,
     )
 
 
