@@ -286,8 +286,8 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1, left_cols: t
     align left (text), the others right (numbers). An all-empty header is left out."""
     cls = [" class=l" if j < left or j in left_cols else "" for j in range(len(header))]
     out = ["<div class=scroll><table>"]
-    if any(header):
-        out.append("<tr>" + "".join(f"<th{cls[j]}>{h}</th>" for j, h in enumerate(header)) + "</tr>")
+    if any(header):  # metric names break after their underscores, so wide tables fit the page
+        out.append("<tr>" + "".join(f"<th{cls[j]}>{h.replace('_', '_<wbr>')}</th>" for j, h in enumerate(header)) + "</tr>")
     for r in rows:
         out.append("<tr>" + "".join(f"<td{cls[j] if j < len(cls) else ''}>{c}</td>" for j, c in enumerate(r)) + "</tr>")
     out.append("</table></div>")
