@@ -92,3 +92,22 @@ def test_report_published_to_seaweedfs_resolves(stack, tmp_path: Path):
     assert "&lt;script&gt;" in page and "<script>" not in page
     assert storage.read_json(storage.join(uri, "summary.json"))["model_version"] == "3"
     assert not [u for u in storage.list_uris("s3://reports") if "/_tmp/" in u]
+
+
+@pytest.mark.stack
+def test_report_opens_from_s3_in_a_browser_over_http(stack, tmp_path: Path):
+    """What a browser gets for a presigned S3 URL: the page as text/html and the PNGs as image/png, so the
+    report renders from the bucket (an octet-stream page would be downloaded, not shown)."""
+    import urllib.request
+
+    from components.common import storage
+
+    report = _report()
+    uri = publish_report(write_report(report, tmp_path / "r"), "s3://reports/m/3/http-run")
+    page_src = _srcs(storage.read_text(storage.join(uri, "index.html")))[0]
+    for rel, kind in (("index.html", "text/html"), (page_src, "image/png")):
+        bucket, key = storage.split_s3(storage.join(uri, rel))
+        url = storage.s3_client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                         ExpiresIn=60)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.headers.get_content_type() == kind, (rel, response.headers.get("Content-Type"))
