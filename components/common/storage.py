@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -317,7 +318,9 @@ def copy(src: str, dst: str) -> None:
     if is_s3(dst):
         bucket, key = split_s3(dst)
         try:
-            s3_client().upload_file(str(src), bucket, key)
+            # the type a browser needs to show a report straight from the bucket (AWS stores octet-stream otherwise)
+            kind = mimetypes.guess_type(key)[0]
+            s3_client().upload_file(str(src), bucket, key, ExtraArgs={"ContentType": kind} if kind else None)
         except Exception as exc:  # noqa: BLE001
             _raise_storage(dst, exc)
         return
