@@ -40,7 +40,11 @@ class ServedModel:
         self.scale, self.offset = INPUT_RANGES[input_range]
         self.client = ServingClient(address, timeout=timeout)
         self.address, self.model, self.signature = address, model, signature
-        meta = self.client.metadata(model, version, label)
+        try:
+            meta = self.client.metadata(model, version, label)
+        except BaseException:
+            self.client.close()
+            raise
         self.version = int(meta["version"])
         sig = meta["signatures"].get(signature)
         if sig is None:

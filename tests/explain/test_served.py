@@ -77,6 +77,12 @@ def test_served_model_is_explained_through_predict_and_agrees_with_its_file(serv
     assert result.requests == summary["predict_requests"] > 0
     assert "max |difference|" in (out / "index.html").read_text()
     assert summary["gate"]["metrics"]["outside_retina_share"]["passed"] is True
+    from tests.explain.browser import chromium, inspect_page
+
+    if chromium() is not None:
+        seen = inspect_page(out / "index.html", tmp_path / "served-report-1280.png")
+        print(f"\nserved report screenshot: {tmp_path / 'served-report-1280.png'}")
+        assert seen["broken"] == [] and seen["opened"]["scroll"] <= 1280, seen
 
 
 def test_served_maps_equal_the_same_method_in_process(served, trained_model, lesion_folder):
