@@ -240,6 +240,8 @@ def oct_anatomy(image: np.ndarray) -> OctAnatomy:
     from scipy.ndimage import median_filter
 
     lum = _luminance(image)
+    if float(lum.std()) < 1.0:
+        raise RetinaError("blank B-scan: no layers to find")
     h, w = lum.shape
     smooth = cv2.GaussianBlur(lum, (0, 0), sigmaX=max(1.0, w / 64), sigmaY=max(1.0, h / 128))
     vitreous_level = float(np.percentile(smooth[: max(2, h // 10)], 50))

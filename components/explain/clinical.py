@@ -62,12 +62,11 @@ def summarize_anatomy(anatomy: list[dict[str, Any]], limit: float = DEFAULT_OUTS
     summary: dict[str, Any] = {}
     for m in methods:
         found = [a[m] for a in anatomy if m in a]
-        regions = list(found[0]["mass"])
+        regions = list(dict.fromkeys(r for f in found for r in f["mass"]))  # a mixed folder: both sets
         summary[m] = {
-            "mass": {r: float(np.mean([f["mass"][r] for f in found])) for r in regions},
-            "area": {r: float(np.mean([f["area"][r] for f in found])) for r in regions},
-            "flagged": int(sum(f["outside"] > limit for f in found)),
-        }
+            kind: {r: float(np.mean([f[kind][r] for f in found if r in f[kind]])) for r in regions}
+            for kind in ("mass", "area")
+        } | {"flagged": int(sum(f["outside"] > limit for f in found))}
     return summary
 
 
