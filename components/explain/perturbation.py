@@ -56,6 +56,7 @@ class PerturbationResult:
     probabilities: np.ndarray  # [N, C] of the unperturbed images
     method: str
     forward_passes: int  # images sent through the model for this method
+    ordinal: np.ndarray | None = None  # [N, H, W] in [-1, 1], occlusion with `ordinal=True`: pushes grade up (+)
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -101,10 +102,8 @@ def occlusion_boxes(size: int, window: float, stride: float) -> list[tuple[int, 
     return [(y, x, side) for y in starts for x in starts]
 
 
-def occlusion(
-    predict: Predict, images: np.ndarray, targets: np.ndarray, base_probs: np.ndarray, config: PerturbationConfig
-) -> tuple[np.ndarray, int]:
-    """([N, H, W] maps, forward passes): mean drop of the target probability under each covering square."""
+def _occluded_probs(predict: Predict, images: np.ndarray, config: PerturbationConfig) -> tuple[np.ndarray, list]:
+    """(probabilities [N, boxes, C] with each square hidden, the squares)."""
     n, h, w = images.shape[:3]
     if h != w:
         raise RetinaError(f"occlusion expects square images, got {h}x{w}")
@@ -121,14 +120,40 @@ def occlusion(
             out[j, y : y + side, x : x + side] = fills[i, 0]
         return out
 
-    probs = _batched(predict, _chunks(n * per_image, make, config.batch_size)).reshape(n, per_image, -1)
-    drops = base_probs[np.arange(n), targets][:, None] - probs[np.arange(n), :, targets]  # [N, boxes]
-    heat = np.zeros((n, h, w), np.float64)
-    count = np.zeros((h, w), np.float64)
+    return _batched(predict, _chunks(n * per_image, make, config.batch_size)).reshape(n, per_image, -1), boxes
+
+
+def _box_average(values: np.ndarray, boxes: list, size: int) -> np.ndarray:
+    """[N, boxes] -> [N, S, S]: each pixel the mean of the values of the squares covering it."""
+    heat = np.zeros((len(values), size, size), np.float64)
+    count = np.zeros((size, size), np.float64)
     for b, (y, x, side) in enumerate(boxes):
-        heat[:, y : y + side, x : x + side] += drops[:, b, None, None]
+        heat[:, y : y + side, x : x + side] += values[:, b, None, None]
         count[y : y + side, x : x + side] += 1
-    return _normalize(np.maximum(heat / np.maximum(count, 1), 0.0)), n * per_image
+    return heat / np.maximum(count, 1)
+
+
+def occlusion(
+    predict: Predict, images: np.ndarray, targets: np.ndarray, base_probs: np.ndarray, config: PerturbationConfig,
+    ordinal: bool = False,
+) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """([N, H, W] maps, forward passes, signed ordinal maps | None): mean drop of the target probability
+    under each covering square. With `ordinal` (graded classes, C > 2) also the mean drop of
+    p[k] - p[k-1] (k = target, at least 1) in [-1, 1]: positive where hiding the region lowers the grade,
+    i.e. the region pushes the grade up; the same Predict calls serve both."""
+    n, size = images.shape[:2]
+    probs, boxes = _occluded_probs(predict, images, config)
+    rows = np.arange(n)
+    drops = base_probs[rows, targets][:, None] - probs[rows, :, targets]  # [N, boxes]
+    maps = _normalize(np.maximum(_box_average(drops, boxes, size), 0.0))
+    signed = None
+    if ordinal and probs.shape[-1] > 2:
+        upper = np.maximum(targets, 1)
+        margin = lambda p: p[rows, ..., upper] - p[rows, ..., upper - 1]  # noqa: E731 - [N] or [N, boxes]
+        signed = _box_average(margin(base_probs)[:, None] - margin(probs), boxes, size)
+        scale = np.abs(signed).max(axis=(1, 2), keepdims=True)
+        signed = np.where(scale > 1e-12, signed / np.maximum(scale, 1e-12), 0.0).astype(np.float32)
+    return maps, n * len(boxes), signed
 
 
 def rise_masks(size: int, config: PerturbationConfig) -> np.ndarray:
@@ -175,8 +200,10 @@ def explain_with_predictions(
     methods: str | Sequence[str] = METHODS,
     targets: Sequence[int] | None = None,
     config: PerturbationConfig | None = None,
+    ordinal: bool = False,
 ) -> dict[str, PerturbationResult]:
-    """Maps of every method for `images` (float32 [N, S, S, 3] in [0, 1]); targets default to the prediction."""
+    """Maps of every method for `images` (float32 [N, S, S, 3] in [0, 1]); targets default to the prediction.
+    `ordinal` (graded classes): occlusion also gives the signed grade-up / grade-down map."""
     config = config or PerturbationConfig()
     names = parse_methods(methods)
     images = np.asarray(images, dtype=np.float32)
@@ -186,11 +213,12 @@ def explain_with_predictions(
     target_arr = base.argmax(-1) if targets is None else np.asarray(targets, dtype=np.int64).reshape(-1)
     results = {}
     for name in names:
+        signed = None
         if name == "occlusion":
-            maps, passes = occlusion(predict, images, target_arr, base, config)
+            maps, passes, signed = occlusion(predict, images, target_arr, base, config, ordinal=ordinal)
         else:
             maps, passes = rise(predict, images, target_arr, config)
-        results[name] = PerturbationResult(maps, target_arr, base, name, passes)
+        results[name] = PerturbationResult(maps, target_arr, base, name, passes, signed)
     return results
 
 

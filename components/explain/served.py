@@ -182,7 +182,7 @@ def _build_report(served: ServedModel, keras_model: Any, inputs: list[Any], prob
     if not inputs:
         return report
     x = np.stack([im.model_input for im in inputs]).astype(np.float32) / 255.0
-    results = explain_with_predictions(served, x, names, config=config)
+    results = explain_with_predictions(served, x, names, config=config, ordinal=modality == "fundus")  # DR grades
     probs = next(iter(results.values())).probabilities
     cams = {m: r.cams for m, r in results.items()}
     if keras_model is not None:
@@ -208,6 +208,7 @@ def _build_report(served: ServedModel, keras_model: Any, inputs: list[Any], prob
         overlays={m: overlay(im.model_input, c[i]) for m, c in cams.items()},
         metrics={m: {k: float(v[i]) for k, v in per_image[m].items()} for m in per_image},
     ) for i, im in enumerate(inputs)]
+    _ordinal_figures(report.entries, results.get("occlusion"), class_names)
     extra = enrich_entries(report.entries, None, x, masks, cams, predicted, "", False, class_names, anatomy,
                            ClinicalOptions(modality=modality, ordinal=False, feature_maps=False))
     summary = {m: faith.summarize(v) for m, v in per_image.items()}
@@ -217,6 +218,21 @@ def _build_report(served: ServedModel, keras_model: Any, inputs: list[Any], prob
     report.notes.append(f"{served.requests} Predict requests, {served.images_sent} images sent to "
                         f"{served.address} (model {served.model} version {served.version})")
     return report
+
+
+def _ordinal_figures(entries: list[Any], occlusion: Any, class_names: list[str]) -> None:
+    """The DR ordinal view from occlusion's signed grade-k-vs-k-1 map (no gradients needed)."""
+    from components.explain.report import Figure, signed_overlay
+
+    if occlusion is None or occlusion.ordinal is None:
+        return
+
+    def name(k: int) -> str:
+        return class_names[k] if 0 <= k < len(class_names) else f"grade {k}"
+
+    for e, signed, k in zip(entries, occlusion.ordinal, np.maximum(occlusion.targets, 1), strict=True):
+        e.ordinal = [Figure(f"{name(int(k))} vs {name(int(k) - 1)}", signed_overlay(e.model_input, signed),
+                            "occlusion: red pushes up, blue down")]
 
 
 def _tolerance(size: int) -> int:

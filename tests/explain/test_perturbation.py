@@ -124,3 +124,28 @@ def test_bad_methods_and_config_are_refused():
         PerturbationConfig(keep=1.0)
     with pytest.raises(RetinaError):
         PerturbationConfig(window=0)
+
+
+class GradedModel:
+    """Five ordered grades; the expected grade rises with the brightness of REGION (a DR-like ordinal head)."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        mu = 4.0 * batch[:, REGION[0], REGION[1], :].mean(axis=(1, 2, 3))
+        logits = -((np.arange(5)[None, :] - mu[:, None]) ** 2)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def test_ordinal_occlusion_is_positive_where_the_image_pushes_the_grade_up():
+    images = _images(2)
+    images[1, REGION[0], REGION[1], :] = 0.6  # a middle grade
+    res = explain_with_predictions(GradedModel(), images, ["occlusion"], ordinal=True)["occlusion"]
+    assert res.ordinal is not None and res.ordinal.shape == (2, SIZE, SIZE)
+    assert res.targets.tolist()[0] >= 3
+    for signed in res.ordinal:
+        assert signed[REGION].mean() > 0 and np.abs(signed).max() == pytest.approx(1.0)
+        y, x = np.unravel_index(int(np.argmax(signed)), signed.shape)
+        assert REGION[0].start - 4 <= y < REGION[0].stop + 4 and REGION[1].start - 4 <= x < REGION[1].stop + 4
+        assert np.abs(signed[:10, 30:]).max() < 0.05  # far from the region: no push either way
+    two_class = explain_with_predictions(RegionModel(), images, ["occlusion"], ordinal=True)["occlusion"]
+    assert two_class.ordinal is None
