@@ -74,9 +74,8 @@ def render_index(summary: dict[str, Any], shards: list[dict[str, Any] | None], i
     if problems:
         out.append(f"<p class=flag>{'; '.join(problems)}: see the shard reports below.</p>")
     if not links:
-        out.append(f"<p class=muted>The shard reports are published under <code>{e_(index_uri)}</code>'s parent; "
-                   "open <code>index.html</code> there (S3 console, a static file server or a local copy) to follow "
-                   "the links.</p>")
+        out.append(f"<p class=muted>The links work in the published copy, <code>{e_(index_uri)}/index.html</code> "
+                   "(from S3, a static file server or a local copy); here each report's location is shown as text.</p>")
     out += _metrics_section(agg)
     out += ["<h2>Shard reports</h2>",
             _table(["report", "images", "unreadable", "gate", "pointing game", "insertion − deletion"],

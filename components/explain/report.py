@@ -245,7 +245,7 @@ code,.wrap{overflow-wrap:anywhere;word-break:break-word}
 .fact{background:#fff;border:1px solid #d5dde5;border-radius:8px;padding:8px 12px;min-width:130px}
 .fact strong{display:block;font-size:1.25em}
 .pass{color:#137333}.fail{color:#b3261e}.na{color:#5b6875}
-.badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:.85em;font-weight:600;color:#fff}
+.badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:.85em;font-weight:600;color:#fff;white-space:nowrap}
 .badge.pass{background:#137333;color:#fff}.badge.fail{background:#b3261e;color:#fff}.badge.na{background:#77818b;color:#fff}
 .scroll{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;margin:.4em 0;background:#fff;font-size:.9em}
