@@ -94,3 +94,20 @@ def test_ordinal_view_of_a_five_grade_model_is_signed_and_follows_the_grades():
     for i, k in enumerate([1, 2, 4]):
         diff = raw_cam(k, i) - raw_cam(k - 1, i)
         np.testing.assert_allclose(signed[i], diff / np.abs(diff).max(), atol=1e-4)
+
+
+def test_ordinal_view_of_a_regression_head_is_the_gradient_of_the_grade():
+    import keras
+
+    from components.explain.clinical import ordinal_maps
+    from tests.explain.conftest import planted_lesions
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((64, 64, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    grade = keras.layers.Dense(1, name="grade")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, grade)
+    x, _, _ = planted_lesions(2, seed=2, positive_fraction=1.0)
+    signed, _ = ordinal_maps(model, x, np.array([3, 0]), "conv", regression=True)
+    assert signed.shape == (2, 64, 64) and np.isfinite(signed).all()
+    assert np.abs(signed).max() == pytest.approx(1.0)
