@@ -353,7 +353,8 @@ def build_visuals(subject: Subject, inputs: Sequence[InputImage], att: Attributi
         subject.is_regression, subject.class_names, None, clinical.ClinicalOptions(
             modality=getattr(subject.info, "modality", ""), layers=tuple(config.layers), maps_per_layer=config.maps_per_layer,
             map_selection=config.map_selection, champion_uri=config.champion, batch_size=config.batch_size)))
-    return Visuals(entries=entries, feature_maps=[], filters=filter_grids(subject.model, config))
+    return Visuals(entries=entries, feature_maps=feature_map_grids(subject.model, inputs, config),
+                   filters=filter_grids(subject.model, config))
 
 
 # --------------------------------------------------------------------------- report
