@@ -218,6 +218,11 @@ def _map_files(i: int, e: ImageEntry) -> list[tuple[str, Figure]]:
     return [(f"feature_maps/{i:04d}_{j:02d}_{slug(f.title)}.png", f) for j, f in enumerate(e.feature_maps)]
 
 
+def _report_level_maps(report: Report) -> list[Grid]:
+    """The report-level feature-map grids, unless every image carries its own (then they would repeat)."""
+    return [] if any(e.feature_maps for e in report.entries) else report.feature_maps
+
+
 def _files(report: Report) -> dict[str, np.ndarray]:
     """Relative PNG path -> pixels, with the names the HTML refers to."""
     files: dict[str, np.ndarray] = {}
@@ -225,7 +230,7 @@ def _files(report: Report) -> dict[str, np.ndarray]:
         files.update({path: pixels for path, _, _, pixels in _entry_figures(i, e)})
         files.update({path: pixels for path, _, pixels in _champion_files(i, e)})
         files.update({path: f.image for path, f in _map_files(i, e)})
-    for j, g in enumerate(report.feature_maps):
+    for j, g in enumerate(_report_level_maps(report)):
         files[f"feature_maps/{j:03d}_{slug(g.title)}.png"] = g.image
     for j, g in enumerate(report.filters):
         files[f"filters/{j:03d}_{slug(g.title)}.png"] = g.image
@@ -484,7 +489,8 @@ def _tail(report: Report, src: Callable[[str], str]) -> list[str]:
     if report.problems:
         out += ["<h2>Images that could not be read</h2>",
                 _table(["name", "reason"], [[e_(n), e_(r)] for n, r in report.problems], left=2)]
-    for heading, grids, folder in (("Feature maps", report.feature_maps, "feature_maps"), ("Filters", report.filters, "filters")):
+    for heading, grids, folder in (("Feature maps", _report_level_maps(report), "feature_maps"),
+                                   ("Filters", report.filters, "filters")):
         if not grids:
             continue
         out.append(f"<h2>{heading}</h2>")

@@ -45,7 +45,7 @@ def test_job_report_has_every_clinical_view_and_renders(trained_model_dir, champ
     from components.explain.explanation import explain_images
 
     result = explain_images(str(trained_model_dir), str(patient_folder), str(tmp_path / "reports"), run_name="job",
-                            champion_uri=str(champion_dir), max_images=12, **FAST)
+                            champion=str(champion_dir), max_images=12, **FAST)
     out = Path(result.report_uri)
     summary = json.loads((out / "summary.json").read_text())
     n = summary["num_images"]
