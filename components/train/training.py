@@ -344,6 +344,7 @@ def _train_in_run(config: TrainConfig, prepared: PreparedData, strategy: Any, ru
         with keras_multi_worker_fixes(model):
             history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
                                 verbose=0, shuffle=False)
+            require_finite(model, history.history)
             thresholds = _tune_thresholds(model, config, prepared, plan, val_ds, run_id, progress)
         epochs_seen = list(history.epoch)
         initial_epoch = epochs_seen[0] if epochs_seen else config.epochs
@@ -507,6 +508,7 @@ def _fit_callbacks(config: TrainConfig, has_val: bool, ckpt: StagedCheckpoint | 
     EpochProgress, MlflowEpochMetrics, SyncCheckpoint = _callbacks_module()
     callbacks: list[Any] = [
         EpochProgress(config.epochs, progress),
+        keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(monitor="val_loss" if has_val else "loss", patience=config.patience,
                                       restore_best_weights=True),
     ]
@@ -548,6 +550,23 @@ def weights_digest(model: Any) -> str:
         digest.update(str(array.shape).encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+class TrainingDiverged(RetinaError):
+    """Loss or weights became NaN/inf: the model is not saved, logged or registered."""
+
+
+def require_finite(model: Any, history: dict[str, list[float]]) -> None:
+    """Refuse a diverged fit. `TerminateOnNaN` stops at the first non-finite batch loss; the weights are
+    checked too, because a last update can poison them after the last loss was computed."""
+    import numpy as np
+
+    bad = [k for k, vals in history.items() if any(not np.isfinite(v) for v in vals)]
+    nonfinite = [w.path for w in model.weights if not np.all(np.isfinite(np.asarray(w)))]
+    if bad or nonfinite:
+        what = (f"non-finite {', '.join(bad)}" if bad else "") + ("; " if bad and nonfinite else "") + (
+            f"non-finite weights in {', '.join(nonfinite[:3])}" if nonfinite else "")
+        raise TrainingDiverged(f"training diverged ({what}); lower the learning rate. Nothing was saved or registered")
 
 
 def _save_outputs(model: Any, info: ModelInfo, config: TrainConfig, run_id: str, chief: bool) -> str:
