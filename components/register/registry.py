@@ -202,6 +202,47 @@ def decide(
     return False, f"kept champion: {comparison}"
 
 
+def _version_for_run(client: Any, name: str, modality: str, run: Any, model_uri: str, metric_key: str) -> Any:
+    """The registry version of this run's model: found by run id (a retry never creates a second), else created
+    with the run's metrics, dataset and code version as tags."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = run.info.run_id
+    _ensure_registered_model(client, name, modality)
+    existing = _versions_for_run(client, name, run_id)
+    if existing:
+        mv = existing[0]
+        log.info("run %s is already %s version %s; not creating another", run_id, name, mv.version)
+    else:
+        source = model_uri or f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
+        tags = {f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())}
+        tags.update(
+            {
+                "modality": modality,
+                "code_version": config.code_version(),
+                "dataset": json.dumps(dataset_summary(run), sort_keys=True)[:4900],
+                "gate_metric": metric_key,
+            }
+        )
+        train_code = run.data.tags.get("code_version") or run.data.params.get("code_version")
+        if train_code:
+            tags["train_code_version"] = train_code
+        try:
+            mv = client.create_model_version(
+                name,
+                source,
+                run_id=run_id,
+                tags=tags,
+                await_creation_for=0,
+            )
+        except MlflowException as exc:
+            raise RegistrationError(
+                f"cannot create a version of {name} from {source}: {exc.message}"
+            ) from exc
+        log.info("created %s version %s from %s", name, mv.version, source)
+    return mv
+
+
 def register_model(
     modality: str,
     run_id: str,
@@ -244,38 +285,7 @@ def register_model(
         raise RegistrationError(f"run {run_id} has no metric {metric!r} (logged: {available})")
     metric_key, candidate_value = found
 
-    _ensure_registered_model(client, name, modality)
-    existing = _versions_for_run(client, name, run_id)
-    if existing:
-        mv = existing[0]
-        log.info("run %s is already %s version %s; not creating another", run_id, name, mv.version)
-    else:
-        source = model_uri or f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
-        tags = {f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())}
-        tags.update(
-            {
-                "modality": modality,
-                "code_version": config.code_version(),
-                "dataset": json.dumps(dataset_summary(run), sort_keys=True)[:4900],
-                "gate_metric": metric_key,
-            }
-        )
-        train_code = run.data.tags.get("code_version") or run.data.params.get("code_version")
-        if train_code:
-            tags["train_code_version"] = train_code
-        try:
-            mv = client.create_model_version(
-                name,
-                source,
-                run_id=run_id,
-                tags=tags,
-                await_creation_for=0,
-            )
-        except MlflowException as exc:
-            raise RegistrationError(
-                f"cannot create a version of {name} from {source}: {exc.message}"
-            ) from exc
-        log.info("created %s version %s from %s", name, mv.version, source)
+    mv = _version_for_run(client, name, modality, run, model_uri, metric_key)
     mv = wait_until_ready(client, name, mv.version, ready_timeout_s)
     version = str(mv.version)
 
@@ -294,3 +304,28 @@ def register_model(
     client.update_model_version(name, version, description=f"run {run_id}: {reason}")
     log.info("%s v%s: %s", name, version, reason)
     return Registration(name, version, promoted, reason)
+
+
+def register_challenger(modality: str, run_id: str, model_uri: str = "", tracking_uri: str | None = None,
+                        registered_model: str = "", ready_timeout_s: float = 300.0) -> Registration:
+    """Register the run's model and point `challenger` at it; `champion` is not touched.
+
+    The training pipeline's gates then tag this version with their checks, and only the push step moves
+    `champion` (components.register.blessing). A retry finds the same version by run id.
+    """
+    from mlflow.exceptions import MlflowException
+
+    config.check_modality(modality)
+    if not run_id:
+        raise RegistrationError("a run id is required: the MLflow run that logged the model")
+    name = registered_model or config.REGISTERED_MODEL[modality]
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise RegistrationError(f"no MLflow run {run_id!r} at {client.tracking_uri}") from exc
+    mv = _version_for_run(client, name, modality, run, model_uri, "")
+    version = str(wait_until_ready(client, name, mv.version, ready_timeout_s).version)
+    client.set_registered_model_alias(name, config.ALIAS_CHALLENGER, version)
+    client.set_model_version_tag(name, version, TAG_DECISION, "challenger")
+    return Registration(name, version, False, "registered as challenger; awaiting the gates")
