@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--run-id", default="", help="MLflow run to log into (default: the run that trained it)")
     p.set_defaults(func=run)
+    register_challenger_command(subparsers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,3 +28,28 @@ def run(args: argparse.Namespace) -> int:
     evaluate_step(modality=args.modality, data_uri=args.data, model_uri=args.model, run_id=args.run_id,
                   split=args.split, out_uri=args.out)
     return 0
+
+
+def register_challenger_command(subparsers: argparse._SubParsersAction) -> None:
+    """`retina evaluate-challenger`: the training pipeline's evaluate gate, flags generated from EvaluateConfig."""
+    from components.evaluate.comparison import EvaluateConfig
+    from components.register.step_config import add_config_arguments
+
+    p = subparsers.add_parser(
+        "evaluate-challenger",
+        help="score a challenger and the current champion on the same split; floors + comparison verdict",
+    )
+    add_config_arguments(p, EvaluateConfig, help_text={
+        "challenger_uri": "models:/<name>/<version>, runs:/<id>/model, s3://… or a folder",
+        "champion_uri": "default: the registered model's current champion",
+        "floors": "absolute floors, e.g. qwk>=0.2,accuracy>=0.5"})
+    p.add_argument("--markdown", default=None, help="write the verdict table here")
+    p.set_defaults(func=_run_challenger)
+
+
+def _run_challenger(args: argparse.Namespace) -> int:
+    from components.evaluate.comparison import EvaluateConfig, evaluate_challenger
+    from components.register.step_config import config_from_args
+
+    result = evaluate_challenger(config_from_args(EvaluateConfig, args), markdown_path=args.markdown)
+    return 0 if result.passed else 1
