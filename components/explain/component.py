@@ -1,4 +1,6 @@
-"""KFP component for the explain step: a thin wrapper over `components.explain.explanation.explain_images`.
+"""KFP components of the explain step: `explain` (any model, batch use) over
+`components.explain.explanation.explain_images`, and `explain_challenger` (the training pipeline's gate)
+over `components.explain.candidate.explain_candidate`.
 
 No `from __future__ import annotations` here: KFP reads the Output[HTML] / Output[Markdown] annotations at runtime.
 """
@@ -35,12 +37,42 @@ def explain(
     report is published (so the run shows red and the report says why). `input_range` is the pixel range
     a Keras file from elsewhere expects (`0-255`, `-1-1`); the project's models take `0-1`.
     """
+    from components.explain.candidate import published_report
     from components.explain.explanation import explain_images, require_gate
 
-    result = explain_images(
+    # A retried step returns the report its earlier attempt published (the URI is fixed by model and run).
+    result = published_report(model_uri, reports_uri, run_name) or explain_images(
         model_uri, images_uri, reports_uri, methods=methods, max_images=max_images, run_name=run_name,
         thresholds=thresholds, input_range=input_range, html_path=html.path, markdown_path=summary.path, progress=False,
     )
     if fail_on_gate:
         require_gate(result)
     return (result.report_uri, result.pointing_game, result.gate_passed)
+
+
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
+def explain_challenger(
+    model_uri: str,
+    images_uri: str,
+    reports_uri: str,
+    run_name: str,
+    champion_uri: str,
+    methods: str,
+    max_images: int,
+    thresholds: str,
+    drift_images: int,
+    min_drift_ssim: float,
+    html: Output[HTML],
+    verdict: Output[Markdown],
+) -> NamedTuple("ExplainGate", passed=bool, checks=str, report_uri=str, drift_ssim=float):
+    """The challenger's report (published either way), its faithfulness gate and the Grad-CAM drift vs the
+    champion as checks; parameters come from `ExplainGateConfig` through the pipeline signature."""
+    from components.explain.candidate import ExplainGateConfig, explain_candidate
+    from components.register.verdicts import all_passed, checks_json
+
+    cfg = ExplainGateConfig(model_uri=model_uri, images_uri=images_uri, reports_uri=reports_uri, run_name=run_name,
+                            champion_uri=champion_uri, methods=methods, max_images=max_images, thresholds=thresholds,
+                            drift_images=drift_images, min_drift_ssim=min_drift_ssim)
+    result, checks = explain_candidate(cfg, html.path, verdict.path)
+    drift = next((c.value for c in checks if c.name == "drift_ssim_vs_champion"), None)
+    return (all_passed(checks), checks_json(checks), result.report_uri, -2.0 if drift is None else drift)
