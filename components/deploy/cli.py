@@ -1,4 +1,5 @@
-"""`retina deploy`: a registered model version into the TF Serving repository, behind a canary check."""
+"""`retina deploy` (a registered version into the TF Serving repository, checked privately first) and
+`retina rollback` (champion and stable back to the previous blessed version)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import json
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "deploy",
-        help="publish a registered model version to a TF Serving model repository (canary-checked)",
-        description="Export the registered version as a SavedModel into <serving-base>/<model>/<version>/, "
-        "update <serving-base>/models.config (labels stable/canary) and, with --server, check the new "
-        "version (GetModelStatus AVAILABLE, one Predict) before `stable` moves to it.",
+        help="publish a registered model version to a TF Serving model repository (checked privately first)",
+        description="Export the registered version as a SavedModel, check it in a private model server "
+        "(GetModelStatus AVAILABLE, one Predict) that no other request reaches, publish it into "
+        "<serving-base>/<model>/<version>/ and move `stable` to it in <serving-base>/models.config; with "
+        "--server, wait until that server has loaded it (else the previous entry is restored).",
     )
     p.add_argument("--model", required=True, help="registered model name, e.g. retina-oct")
     which = p.add_mutually_exclusive_group()
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--serving-base", required=True, help="TF Serving model repository (s3://models or a folder)"
     )
-    p.add_argument("--server", default="", help="HOST:PORT of the model server for the canary check")
+    p.add_argument("--server", default="", help="HOST:PORT of the production server: wait until it has loaded it")
     p.add_argument(
         "--server-base-path",
         default="",
@@ -30,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--canary-timeout", type=float, default=120.0, help="seconds to wait for AVAILABLE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run)
+    register_rollback(subparsers)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -46,8 +49,28 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result._asdict()))
-    elif args.server:
-        print(f"{args.model} version {result.serving_version} is stable at {result.endpoint}")
     else:
-        print(f"{args.model} version {result.serving_version} staged as canary at {result.endpoint}")
+        print(f"{args.model} version {result.serving_version} is stable at {result.endpoint}")
+    return 0
+
+
+def register_rollback(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "rollback",
+        help="move MLflow `champion` and serving `stable` back to the previous blessed version",
+        description="The current champion's predecessor (recorded when it was blessed) becomes champion again "
+        "and the only version `stable` serves; its SavedModel must still be in the repository.",
+    )
+    p.add_argument("--model", required=True, help="registered model name, e.g. retina-oct")
+    p.add_argument("--serving-base", required=True, help="TF Serving model repository (s3://models or a folder)")
+    p.add_argument("--server-base-path", default="", help="the repository as the server sees it")
+    p.add_argument("--server", default="", help="HOST:PORT: wait until the server has loaded the version")
+    p.set_defaults(func=_run_rollback)
+
+
+def _run_rollback(args: argparse.Namespace) -> int:
+    from components.deploy.push import rollback
+
+    current, previous = rollback(args.model, args.serving_base, args.server_base_path, args.server)
+    print(f"{args.model}: champion and stable v{current} -> v{previous}")
     return 0

@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: KFP reads the real annotation obje
 from typing import NamedTuple
 
 from kfp import dsl
+from kfp.dsl import Markdown, Output
 
 from components.common.images import PROJECT_IMAGE
 
@@ -32,3 +33,29 @@ def deploy(
         server_base_path=server_base_path,
     )
     return (result.serving_version, result.endpoint)
+
+
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
+def push(
+    model_name: str,
+    version: str,
+    staged_uri: str,
+    serving_base_uri: str,
+    champion_uri: str,
+    server_base_path: str,
+    server_address: str,
+    evaluate_checks: str,
+    explain_checks: str,
+    validate_checks: str,
+    verdict: Output[Markdown],
+) -> NamedTuple("PushOutputs", [("promoted", bool), ("serving_version", int), ("reason", str)]):
+    """Bless and push: every gate's checks are tagged on the version; only when all passed does `champion`
+    move in MLflow and then `stable` in the serving repository."""
+    from components.deploy.push import PushConfig, bless_and_push
+    from components.register.verdicts import parse_checks
+
+    checks = parse_checks(evaluate_checks) + parse_checks(explain_checks) + parse_checks(validate_checks)
+    cfg = PushConfig(model_name=model_name, version=version, staged_uri=staged_uri, serving_base_uri=serving_base_uri,
+                     champion_uri=champion_uri, server_base_path=server_base_path, server_address=server_address)
+    result = bless_and_push(cfg, checks, verdict.path)
+    return (result.promoted, result.serving_version, result.reason)

@@ -1,29 +1,31 @@
-"""Put a registered model version into the TF Serving model repository, behind a canary check.
+"""Put a model version into the TF Serving repository and move `stable` to it, with no default request
+ever reaching an unverified version.
 
-Flow (one `deploy_model` call):
+Why not a canary in the production server: TF Serving answers a request that names no version with the
+highest loaded version, so loading a candidate next to `stable` sends it the default traffic before any
+check has run. The candidate is therefore checked in a *private* model server (its own free loopback
+port, serving only the candidate: `serving.server.start_server`), the way TFX's InfraValidator launches
+its own server; only then is it published and labelled.
 
-1. Resolve the registry version (`--version N`, an alias such as `champion`, default `champion`).
-   The serving version number is the registry version number, so `retina-oct` v7 in MLflow is
-   `<base>/retina-oct/7/` on disk and version 7 on the gRPC API: one number for one model.
-2. Export the model directory as a SavedModel (`serving.export.export_saved_model`) and publish it
-   with `storage.publish_folder(..., last=["saved_model.pb"])`: a polling server never sees half a
-   version. A version already present is reused (re-running a deploy is harmless).
-3. Rewrite `<base>/models.config`: specific versions {previous stable, new}; label `stable` stays on
-   the previous stable version, `canary` names the new one.
-4. With a server address, the canary check: GetModelStatus for the new version must reach AVAILABLE
-   within the timeout, then one Predict on `predict_image` with a small generated image must return
-   one probability per class. On success `stable` moves to the new version and `canary` is dropped
-   (the previous stable version stays loaded, unlabeled, for a quick rollback; the next deploy
-   unloads it). On failure the model's previous config entry is restored verbatim, the failed
-   version folder is removed from the repository (so a server in "latest" mode never picks it up),
-   and `CanaryFailed` says why.
-   Without a server address nothing is verified, so nothing is promoted: the new version is staged
-   as `canary`, and running the same deploy later with `--server` verifies and promotes it.
+`deploy_model` (`retina deploy`): registry version -> SavedModel -> private check (AVAILABLE, one Predict
+returning one probability per class) -> `push_version`. The training pipeline does the private check in
+its own step (components/validate) and calls `push_version` from its push step.
 
-`server_base_path` is the repository as the *server* sees it (`/models` inside the TF Serving pod
-that mirrors `s3://models`, see infra/k8s/serving); it defaults to the environment variable
-`RETINA_SERVER_BASE_PATH` (set it in the cluster's pipeline environment), then to `serving_base_uri`
-(right for the local server, which reads s3:// itself).
+`push_version`:
+1. publish the SavedModel at `<base>/<model>/<version>/` (the registry version number is the serving
+   version: one number for one model). An existing complete folder is reused only when its content hash
+   equals the candidate's; different content under the same number is refused. A folder left by a killed
+   upload (no `saved_model.pb`, which is copied last, so no server ever listed it) is replaced.
+2. update this model's entry in `<base>/models.config` under optimistic concurrency
+   (`config_update.update_entry`: other models' entries are never lost): `stable` = the new version;
+   the previous stable stays loaded only when it is older (a newer loaded version would take the
+   default traffic).
+3. with a server address, wait until the production server reports the version AVAILABLE; if it does
+   not, this model's previous entry is restored and a folder published by this call is removed.
+
+`server_base_path` is the repository as the *server* sees it (`/models` inside the TF Serving pod that
+mirrors `s3://models`, see infra/k8s/serving); it defaults to the environment variable
+`RETINA_SERVER_BASE_PATH`, then to `serving_base_uri` (right for the local server, which reads s3://).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from components.common.errors import RetinaError
 log = logging.getLogger(__name__)
 
 LABEL_STABLE = "stable"
-LABEL_CANARY = "canary"
 AVAILABLE = "AVAILABLE"
 SERVER_BASE_PATH_ENV = "RETINA_SERVER_BASE_PATH"
 
@@ -110,52 +111,69 @@ def _num_classes(model_dir: Path) -> int:
     return ModelInfo.from_dict(json.loads(info_file.read_text())).num_classes
 
 
-def export_version(model_dir: Path, version_uri: str, export_fn: Callable[..., Path] | None = None) -> str:
-    """Export the model directory as a SavedModel and publish it at `version_uri`, saved_model.pb last."""
+def export_local(model_dir: Path, out_dir: Path, export_fn: Callable[..., Path] | None = None) -> Path:
+    """The model directory exported as a SavedModel into the local folder `out_dir / "export"`."""
     from components.common.model_store import load_model
     from serving.export import export_saved_model
 
     model, info = load_model(str(model_dir))
-    with tempfile.TemporaryDirectory(prefix="retina-export-") as tmp:
-        exported = (export_fn or export_saved_model)(model, info, Path(tmp) / "export")
-        # A folder without saved_model.pb is a leftover of an interrupted publish: replace it.
-        return storage.publish_folder(exported, version_uri, last=["saved_model.pb"], overwrite=True)
+    return (export_fn or export_saved_model)(model, info, Path(out_dir) / "export")
 
 
-def _model_entry(entries: list[Any], model_name: str) -> Any | None:
-    return next((e for e in entries if e.name == model_name), None)
+def content_hash(uri: str) -> str:
+    """sha256 over (relative path, bytes) of every file of a folder, local or s3://, `_SUCCESS` excluded."""
+    import hashlib
+
+    root = str(uri).rstrip("/")
+    digest = hashlib.sha256()
+    for file_uri in sorted(storage.list_uris(root)):
+        rel = file_uri[len(root) + 1 :]
+        if rel == storage.SUCCESS_MARKER:
+            continue
+        digest.update(rel.encode() + b"\0")
+        digest.update(hashlib.sha256(storage.read_bytes(file_uri)).digest())
+    return digest.hexdigest()
 
 
-def canary_entry(model_name: str, server_base: str, new_version: int, stable: int | None) -> Any:
-    """Config entry while the canary is checked: both versions loaded, `stable` unchanged."""
-    from serving.model_repository import model_entry
+def publish_version(source: str | Path, version_uri: str) -> bool:
+    """Publish the SavedModel folder `source` (local or s3://) at `version_uri`; True when this call wrote it.
 
-    labels = {LABEL_CANARY: new_version}
-    if stable is not None:
-        labels[LABEL_STABLE] = stable
-    versions = sorted({new_version} | ({stable} if stable is not None else set()))
-    return model_entry(server_base, model_name, labels=labels, version_policy="specific", versions=versions)
+    A complete folder already there is reused only when its content hash matches; a folder without
+    `saved_model.pb` (a killed upload: never listed by a server) is replaced.
+    """
+    from serving.model_repository import SAVED_MODEL_FILE, is_version_present
+
+    if is_version_present(version_uri):
+        if content_hash(version_uri) != content_hash(str(source)):
+            raise DeployError(f"{version_uri} already holds a different SavedModel: refusing to overwrite a "
+                              "version a server may have loaded (deploy it under a new registry version)")
+        log.info("%s already holds this SavedModel (content hash matches); reusing it", version_uri)
+        return False
+    if storage.exists(version_uri):
+        log.warning("removing the incomplete upload left at %s", version_uri)
+        storage.delete(version_uri)
+    import shutil
+
+    with storage.local_copy(str(source)) as local, tempfile.TemporaryDirectory(prefix="retina-push-") as tmp:
+        # the source's own `_SUCCESS` must not travel early: publish_folder writes it last
+        clean = Path(tmp) / "version"
+        shutil.copytree(local, clean, ignore=shutil.ignore_patterns(storage.SUCCESS_MARKER))
+        storage.publish_folder(clean, version_uri, last=[SAVED_MODEL_FILE])
+    return True
 
 
 def promoted_entry(model_name: str, server_base: str, new_version: int, previous: int | None) -> Any:
-    """Config entry after a passing check: `stable` on the new version, the previous one kept loaded."""
+    """`stable` on the new version; the previous stable stays loaded (quick rollback) only when it is older,
+    because TF Serving sends requests that name no version to the highest loaded version."""
     from serving.model_repository import model_entry
 
-    versions = sorted({new_version} | ({previous} if previous is not None else set()))
-    return model_entry(
-        server_base,
-        model_name,
-        labels={LABEL_STABLE: new_version},
-        version_policy="specific",
-        versions=versions,
-    )
+    keep = {previous} if previous is not None and previous < new_version else set()
+    return model_entry(server_base, model_name, labels={LABEL_STABLE: new_version}, version_policy="specific",
+                       versions=sorted({new_version} | keep))
 
 
-def _write_entry(config_uri: str, entries: list[Any], model_name: str, entry: Any | None) -> None:
-    from serving.model_repository import write_models_config
-
-    others = [e for e in entries if e.name != model_name]
-    write_models_config(config_uri, others + ([entry] if entry is not None else []))
+def stable_version(entry: Any | None) -> int | None:
+    return entry.labels.get(LABEL_STABLE) if entry is not None else None
 
 
 # --------------------------------------------------------------------------- canary
@@ -266,7 +284,55 @@ def _references(entry: Any, version: int) -> bool:
     return version in entry.labels.values() or version in (entry.versions or [])
 
 
+def check_privately(export_dir: Path, model_name: str, version: int, num_classes: int, timeout_s: float) -> None:
+    """Load the SavedModel in a private model server (free loopback port, only this version) and canary it."""
+    import shutil
+    import tempfile as tf_tmp
+
+    from serving.server import start_server
+
+    with tf_tmp.TemporaryDirectory(prefix="retina-private-") as tmp:
+        shutil.copytree(export_dir, Path(tmp) / model_name / str(version))
+        server = start_server(model_base_path=str(Path(tmp) / model_name), model_name=model_name, port=0,
+                              poll_interval_s=0)
+        try:
+            check_canary(server.address, model_name, version, num_classes, timeout_s)
+        finally:
+            server.stop()
+
+
 # --------------------------------------------------------------------------- the step
+def push_version(model_name: str, version: int, source: str | Path, serving_base_uri: str,
+                 server_base_path: str = "", server_address: str = "", timeout_s: float = 120.0) -> Deployment:
+    """Publish a checked SavedModel and move `stable` to it (see the module docstring)."""
+    from components.deploy.config_update import update_entry
+    from serving.model_repository import version_path
+
+    if not serving_base_uri:
+        raise DeployError("a serving base URI is required (the TF Serving model repository, s3:// or a folder)")
+    server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
+    version_uri = version_path(serving_base_uri, model_name, version)
+    config_uri = storage.join(serving_base_uri, "models.config")
+    published_now = publish_version(source, version_uri)
+    previous, _ = update_entry(config_uri, model_name, lambda old: promoted_entry(
+        model_name, server_base, version, stable_version(old)))
+    log.info("models.config: %s stable %s -> %d", model_name, stable_version(previous), version)
+    if not server_address:
+        return Deployment(version, version_uri)
+    try:
+        from serving.client import ServingClient
+
+        with ServingClient(server_address) as client:
+            wait_available(client, model_name, version, timeout_s)
+    except CanaryFailed:
+        update_entry(config_uri, model_name, lambda _current: previous)
+        if published_now and not _references(previous, version):
+            storage.delete(version_uri)
+        log.warning("the model server did not load %s v%d: restored the previous entry", model_name, version)
+        raise
+    return Deployment(version, f"grpc://{server_address}/{model_name}/versions/{version}")
+
+
 def deploy_model(
     model_name: str,
     serving_base_uri: str,
@@ -278,59 +344,20 @@ def deploy_model(
     tracking_uri: str | None = None,
     export_fn: Callable[..., Path] | None = None,
 ) -> Deployment:
-    """Publish a registered version into the serving repository and (with a server) canary-check it.
+    """Registry version (number, alias, default `champion`) -> private check -> `push_version`.
 
-    Returns `(serving_version, endpoint)`: the endpoint is `grpc://<server>/<model>/versions/<n>`
-    when checked, else the published version folder.
+    Returns `(serving_version, endpoint)`: `grpc://<server>/<model>/versions/<n>` when a production
+    server was named, else the published version folder.
     """
     if not serving_base_uri:
-        raise DeployError(
-            "a serving base URI is required (the TF Serving model repository, s3:// or a folder)"
-        )
-    from serving.model_repository import is_version_present, read_models_config, version_path
-
+        raise DeployError("a serving base URI is required (the TF Serving model repository, s3:// or a folder)")
     mv = resolve_version(model_name, version, alias, tracking_uri)
     serving_version = int(mv.version)
-    server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
-    version_uri = version_path(serving_base_uri, model_name, serving_version)
-    config_uri = storage.join(serving_base_uri, "models.config")
-    log.info("deploying %s version %d to %s", model_name, serving_version, version_uri)
-
     with tempfile.TemporaryDirectory(prefix="retina-deploy-") as tmp:
-        model_dir = download_model_dir(model_name, str(serving_version), tmp, tracking_uri)
+        model_dir = download_model_dir(model_name, str(serving_version), Path(tmp) / "download", tracking_uri)
         num_classes = _num_classes(model_dir)
-        published_now = not is_version_present(version_uri)
-        if not published_now:
-            log.info("%s already holds a complete SavedModel; reusing it", version_uri)
-        else:
-            log.info("exporting SavedModel (serving_default + predict_image) and publishing it")
-            export_version(model_dir, version_uri, export_fn)
-
-    entries = read_models_config(config_uri) if storage.exists(config_uri) else []
-    previous_entry = _model_entry(entries, model_name)
-    stable = previous_entry.labels.get(LABEL_STABLE) if previous_entry is not None else None
-    _write_entry(
-        config_uri, entries, model_name, canary_entry(model_name, server_base, serving_version, stable)
-    )
-    log.info("models.config: %s canary=%d stable=%s", model_name, serving_version, stable)
-
-    if not server_address:
-        log.info("no server address: version %d staged as canary, stable unchanged", serving_version)
-        return Deployment(serving_version, version_uri)
-
-    log.info("canary check on %s (timeout %.0fs)", server_address, canary_timeout_s)
-    try:
-        check_canary(server_address, model_name, serving_version, num_classes, canary_timeout_s)
-    except CanaryFailed:
-        _write_entry(config_uri, entries, model_name, previous_entry)
-        # Remove only what this call published, and never a version the restored entry still serves or labels
-        # (a staged canary re-checked, a kept older version redeployed as a rollback).
-        if published_now and not _references(previous_entry, serving_version):
-            storage.delete(version_uri)
-        log.warning("canary failed: restored the previous models.config entry for %s", model_name)
-        raise
-    _write_entry(
-        config_uri, entries, model_name, promoted_entry(model_name, server_base, serving_version, stable)
-    )
-    log.info("canary passed: stable -> %s version %d", model_name, serving_version)
-    return Deployment(serving_version, f"grpc://{server_address}/{model_name}/versions/{serving_version}")
+        exported = export_local(model_dir, Path(tmp), export_fn)
+        log.info("checking %s v%d in a private model server", model_name, serving_version)
+        check_privately(exported, model_name, serving_version, num_classes, canary_timeout_s)
+        return push_version(model_name, serving_version, exported, serving_base_uri, server_base_path,
+                            server_address, canary_timeout_s)

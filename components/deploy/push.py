@@ -1,0 +1,92 @@
+"""The last step of the training pipeline: bless (MLflow `champion`) and push (serving `stable`), in that
+order, only when every gate passed; `rollback` moves both back to the previous blessed version.
+
+TFX's Pusher pushes only a model its Evaluator and InfraValidator blessed; here the blessing is the set of
+checks each gate step returned, re-verified from their values (components.register.verdicts). If the push
+fails after `champion` moved, `champion` is put back, so the registry never names a champion that is not
+the one being served.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from components.common import storage
+from components.common.errors import RetinaError
+from components.deploy.deployment import Deployment, push_version, stable_version, wait_available
+from components.register.verdicts import Check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Parameters of the bless-and-push step (KFP component and function)."""
+
+    model_name: str
+    version: str
+    staged_uri: str  # the SavedModel the validate step checked
+    serving_base_uri: str
+    champion_uri: str = ""  # the champion the evaluate step compared with ("" = there was none)
+    server_base_path: str = ""
+    server_address: str = ""
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class PushResult:
+    promoted: bool
+    serving_version: int
+    reason: str
+
+
+def bless_and_push(cfg: PushConfig, checks: list[Check], markdown_path: str | None = None) -> PushResult:
+    from components.register.blessing import bless, restore_champion
+    from components.register.verdicts import markdown_table, write_markdown
+
+    blessing = bless(cfg.model_name, cfg.version, checks, cfg.champion_uri)
+    pushed: Deployment | None = None
+    if blessing.blessed:
+        try:
+            pushed = push_version(cfg.model_name, int(cfg.version), cfg.staged_uri, cfg.serving_base_uri,
+                                  cfg.server_base_path, cfg.server_address, cfg.timeout_s)
+        except Exception:
+            restore_champion(cfg.model_name, blessing.previous_champion)
+            log.error("push failed: champion restored to v%s", blessing.previous_champion or "-")
+            raise
+    decision = (f"**{cfg.model_name} v{cfg.version} is champion and stable** at `{pushed.endpoint}`"
+                if pushed else f"**{cfg.model_name} v{cfg.version} was not promoted**; champion and stable unchanged")
+    write_markdown(markdown_path, markdown_table("bless and push", checks, f"{decision}\n\n{blessing.reason}"))
+    return PushResult(pushed is not None, pushed.serving_version if pushed else 0, blessing.reason)
+
+
+def rollback(model_name: str, serving_base_uri: str, server_base_path: str = "", server_address: str = "",
+             timeout_s: float = 120.0) -> tuple[str, str]:
+    """`champion` and `stable` back to the blessed version the current champion replaced; returns (from, to).
+
+    The previous version's folder must still be in the repository: checked before anything moves.
+    """
+    import os
+
+    from components.deploy.config_update import update_entry
+    from components.deploy.deployment import SERVER_BASE_PATH_ENV
+    from components.register.blessing import move_champion_back, rollback_target
+    from serving.model_repository import is_version_present, model_entry, version_path
+
+    current, previous = rollback_target(model_name)
+    if not is_version_present(version_path(serving_base_uri, model_name, int(previous))):
+        raise RetinaError(f"{model_name} v{previous} is not in {serving_base_uri}: cannot serve it again")
+    server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
+    move_champion_back(model_name, current, previous)
+    before, _ = update_entry(storage.join(serving_base_uri, "models.config"), model_name, lambda _old: model_entry(
+        server_base, model_name, labels={"stable": int(previous)}, version_policy="specific",
+        versions=[int(previous)]))
+    log.info("%s: champion v%s -> v%s, stable %s -> %s", model_name, current, previous, stable_version(before),
+             previous)
+    if server_address:
+        from serving.client import ServingClient
+
+        with ServingClient(server_address) as client:
+            wait_available(client, model_name, int(previous), timeout_s)
+    return current, previous
