@@ -41,9 +41,11 @@ def merge_reports(
     from collections import namedtuple
 
     from components.common import storage
+    from components.common.model_ref import ModelRef
     from pipelines.batch import write_batch_index
 
-    name, _, version = model_uri[len("models:/") :].partition("/")
+    ref = ModelRef.parse(model_uri)
+    name, version = ref.name, ref.version or ref.alias
     out_uri = storage.join(reports_uri, name, version or "latest", run_name)
     write_batch_index(list(report_uris), list(pointing_games), out_uri, f"Batch explanation {name} v{version}",
                       html_path=index.path)

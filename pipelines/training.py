@@ -1,9 +1,16 @@
-"""The training pipeline: preprocess -> train -> evaluate -> register -> (promoted?) deploy -> explain.
+"""The training pipeline: preprocess -> train -> register challenger -> evaluate -> explain -> validate -> push.
 
-One pipeline for both modalities; a run on the cluster (UI, `retina pipeline run --host`, a recurring
-run) and a local run (`retina pipeline run --local`, kfp.local SubprocessRunner) execute the same
-definition. Cluster-only settings (GPU request, tolerations, Secrets, ConfigMaps) are platform config
-that the local runner ignores.
+Nothing moves before every gate has run: evaluate (challenger AND the current champion on this run's test
+split, per-metric floors), explain (faithfulness gate + Grad-CAM drift vs the champion; the report is
+published either way) and validate (the SavedModel with warmup records in a private model server,
+served outputs == in-process outputs) each return their checks; the last step, push, tags every check
+on the MLflow model version and only when all passed moves `champion` and then `stable` (TFX's Evaluator
+-> InfraValidator -> Pusher). Each step shows its verdict as Markdown in the Kubeflow UI.
+
+One pipeline for both modalities; a run on the cluster and a local run (`retina pipeline run --local`,
+kfp.local SubprocessRunner) execute the same definition. Cluster-only settings (GPU request,
+tolerations, Secrets, ConfigMaps) are platform config that the local runner ignores. Each gate's
+parameters default to its config dataclass (`config_default`): no default is written twice.
 """
 
 # No `from __future__ import annotations`: KFP reads the real annotation objects.
@@ -11,12 +18,17 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components.deploy.component import deploy
-from components.evaluate.component import evaluate
-from components.explain.component import explain
+from components.deploy.component import push
+from components.evaluate.comparison import EvaluateConfig
+from components.evaluate.component import evaluate_challenger
+from components.explain.candidate import ExplainGateConfig
+from components.explain.component import explain_challenger
 from components.preprocess.component import preprocess
-from components.register.component import register
+from components.register.component import register_challenger
+from components.register.step_config import config_default as _default
 from components.train.component import train
+from components.validate.component import validate
+from components.validate.validation import ValidateConfig
 from pipelines.k8s import on_gpu, with_cluster_env
 
 PIPELINE_NAME = "retina-training"
@@ -35,6 +47,7 @@ class TrainingOutputs(NamedTuple):
     promoted: bool
     report_uri: str
     explanation_gate_passed: bool
+    reason: str
 
 
 def _retry(task: dsl.PipelineTask, attempts: int) -> dsl.PipelineTask:
@@ -42,37 +55,33 @@ def _retry(task: dsl.PipelineTask, attempts: int) -> dsl.PipelineTask:
     return task.set_retry(num_retries=attempts, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="10m")
 
 
-@dsl.pipeline(name="retina-deploy-if-promoted")
-def deploy_if_promoted(
-    promoted: bool,
-    model_name: str,
-    version: str,
-    serving_base_uri: str,
-    server_base_path: str,
-    server_address: str,
-) -> None:
-    """Publish the registered version to TF Serving only when the gate moved `champion` to it.
+def _fresh(task: dsl.PipelineTask, attempts: int, mlflow: bool = True) -> dsl.PipelineTask:
+    """Gates and side effects read the registry/serving state of *now*: never answered from the cache."""
+    task.set_caching_options(False)
+    return _retry(with_cluster_env(task, mlflow=mlflow), attempts)
 
-    A sub-pipeline, so the condition reads its own input; the local runner resolves conditions on a
-    parent input but not on a named output of a sibling task.
-    """
-    with dsl.If(promoted == True, name="promoted"):  # noqa: E712 - KFP builds the condition from `==`
-        task = deploy(
-            model_name=model_name,
-            version=version,
-            serving_base_uri=serving_base_uri,
-            server_address=server_address,
-            server_base_path=server_base_path,
-        )
-        # Deploying is a side effect on the serving repository: never answer it from the cache.
-        task.set_caching_options(False)
-        _retry(with_cluster_env(task), 2)
+
+def _train(prep: dsl.PipelineTask, modality: str, models_uri: str, model_name: str, image_size: int, epochs: int,
+           batch_size: int, learning_rate: float, mlflow_experiment: str, seed: int, model_width: float,
+           gpu_type: str, gpu_count: int, train_workers: int) -> dsl.PipelineTask:
+    trained = train(
+        modality=modality, data_uri=prep.outputs["data_uri"], model_name=model_name, image_size=image_size,
+        epochs=epochs, batch_size=batch_size, output_uri=f"{models_uri}/{modality}/{RUN_ID}",
+        learning_rate=learning_rate, mlflow_experiment=mlflow_experiment, seed=seed, width=model_width,
+        workers=train_workers,  # >1: a TFJob of that many pods x gpu_count GPUs (infra/k8s/training)
+        gpus_per_worker=gpu_count,
+    ).set_display_name("train (GPU)")
+    on_gpu(trained, gpu_type, gpu_count)
+    trained.set_memory_limit("32G").set_cpu_request("4")
+    # train_step resumes from its checkpoint, so a retry after a pre-empted node continues, not restarts.
+    return _fresh(trained, 2)
 
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Retinal-image CNN: Beam preprocessing, GPU training tracked in MLflow, evaluation, "
-    "registry gate, TF Serving deployment of a new champion, Grad-CAM report.",
+    description="Retinal-image CNN: Beam preprocessing, GPU training tracked in MLflow, then gates that all "
+    "must pass before anything moves: challenger vs champion on one split, explanations (faithfulness, "
+    "drift), infra-validation in a private model server; then MLflow champion and TF Serving stable.",
 )
 def training_pipeline(
     modality: str = "fundus",
@@ -87,109 +96,72 @@ def training_pipeline(
     beam_args: str = "",
     gpu_type: str = "nvidia.com/gpu",
     gpu_count: int = 1,
-    promotion_metric: str = "",
-    promotion_margin: float = 0.0,
+    promotion_metric: str = _default(EvaluateConfig, "metric"),
+    promotion_margin: float = _default(EvaluateConfig, "margin"),
+    metric_floors: str = _default(EvaluateConfig, "floors"),
     serving_base_uri: str = "s3://models",
     server_base_path: str = "/models",
     server_address: str = "",
     reports_uri: str = "s3://reports",
-    explain_methods: str = "gradcam,gradcam++,layercam",
-    explain_images: int = 16,
-    explain_thresholds: str = "",
-    explain_fail_on_gate: bool = False,
+    explain_methods: str = _default(ExplainGateConfig, "methods"),
+    explain_images: int = _default(ExplainGateConfig, "max_images"),
+    explain_thresholds: str = _default(ExplainGateConfig, "thresholds"),
+    drift_images: int = _default(ExplainGateConfig, "drift_images"),
+    min_drift_ssim: float = _default(ExplainGateConfig, "min_drift_ssim"),
+    validate_images: int = _default(ValidateConfig, "images"),
+    tensor_tolerance: float = _default(ValidateConfig, "tensor_tolerance"),
+    image_tolerance: float = _default(ValidateConfig, "image_tolerance"),
+    validate_timeout_s: float = _default(ValidateConfig, "timeout_s"),
     mlflow_experiment: str = "retina",
     model_width: float = 1.0,
     seed: int = 0,
     train_workers: int = 1,
 ) -> TrainingOutputs:
-    """Parameters: `promotion_metric` empty = qwk for fundus, accuracy for OCT; `server_base_path` is the
-    serving repository as the model server sees it (`/models` in the TF Serving pod; empty = same as
-    `serving_base_uri`); `server_address` (host:port) enables the canary check before `stable` moves;
-    `explain_thresholds` (`"randomization_ssim<=0.5,pointing_game>=0.3"`, empty = the defaults) is the
-    faithfulness gate on the Grad-CAM report: its verdict is the `explanation_gate_passed` output, and
-    `explain_fail_on_gate` makes a failed gate fail the run (the report is still published)."""
+    """Parameters: `promotion_metric` empty = qwk for fundus, accuracy for OCT, which must beat the champion
+    (scored on this run's test split) by more than `promotion_margin`; `metric_floors`
+    (`"qwk>=0.2,accuracy>=0.5"`) are absolute floors; `explain_thresholds` (`"randomization_ssim<=0.5"`,
+    empty = the defaults) is the faithfulness gate; `min_drift_ssim` gates the Grad-CAM drift vs the champion
+    (-1 = record only); `tensor_tolerance` / `image_tolerance` bound served vs in-process outputs;
+    `server_base_path` is the repository as the model server sees it (`/models` in the TF Serving pod; empty =
+    `serving_base_uri`); `server_address` (host:port) makes push wait until the server has loaded `stable`."""
     prep = preprocess(
-        modality=modality,
-        input_uri=raw_data_uri,
-        output_uri=f"{datasets_uri}/{modality}/{RUN_ID}",
-        image_size=image_size,
-        seed=seed,
-        beam_args=beam_args,
+        modality=modality, input_uri=raw_data_uri, output_uri=f"{datasets_uri}/{modality}/{RUN_ID}",
+        image_size=image_size, seed=seed, beam_args=beam_args,
     ).set_display_name("preprocess (Beam)")
-    # New images land under the same raw URI between runs: a cache hit keyed on the URI would train on
-    # a stale dataset.
-    prep.set_caching_options(False)
-    _retry(with_cluster_env(prep, mlflow=False), 2)
+    # New images land under the same raw URI between runs: a cache hit keyed on the URI would train on stale data.
+    _fresh(prep, 2, mlflow=False)
+    trained = _train(prep, modality, models_uri, model_name, image_size, epochs, batch_size, learning_rate,
+                     mlflow_experiment, seed, model_width, gpu_type, gpu_count, train_workers)
+    candidate = _fresh(register_challenger(
+        modality=modality, run_id=trained.outputs["run_id"], model_uri=trained.outputs["model_uri"],
+    ).set_display_name("register challenger"), 3)
+    challenger = candidate.outputs["model_uri"]
 
-    trained = train(
-        modality=modality,
-        data_uri=prep.outputs["data_uri"],
-        model_name=model_name,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        output_uri=f"{models_uri}/{modality}/{RUN_ID}",
-        learning_rate=learning_rate,
-        mlflow_experiment=mlflow_experiment,
-        seed=seed,
-        width=model_width,
-        workers=train_workers,  # >1: a TFJob of that many pods x gpu_count GPUs (infra/k8s/training)
-        gpus_per_worker=gpu_count,
-    ).set_display_name("train (GPU)")
-    # A cache hit would skip the MLflow run that register needs to be fresh; each run trains.
-    trained.set_caching_options(False)
-    on_gpu(trained, gpu_type, gpu_count)
-    trained.set_memory_limit("32G").set_cpu_request("4")
-    # train_step resumes from its checkpoint, so a retry after a pre-empted node continues, not restarts.
-    _retry(with_cluster_env(trained), 2)
-
-    scored = evaluate(
-        modality=modality,
-        data_uri=prep.outputs["data_uri"],
-        model_uri=trained.outputs["model_uri"],
-        run_id=trained.outputs["run_id"],
-    )
-    _retry(with_cluster_env(scored), 2)
-
-    registered = register(
-        modality=modality,
-        run_id=trained.outputs["run_id"],
-        model_uri=trained.outputs["model_uri"],
-        metric=promotion_metric,
-        margin=promotion_margin,
-    ).after(scored)
-    # The gate compares against the champion of *now*: never reuse a cached decision.
-    registered.set_caching_options(False)
-    _retry(with_cluster_env(registered), 3)
-
-    gate = deploy_if_promoted(
-        promoted=registered.outputs["promoted"],
-        model_name=registered.outputs["model_name"],
-        version=registered.outputs["version"],
-        serving_base_uri=serving_base_uri,
-        server_base_path=server_base_path,
-        server_address=server_address,
-    ).set_display_name("deploy if promoted")
-
-    report = explain(
-        model_uri=f"models:/{registered.outputs['model_name']}/{registered.outputs['version']}",
-        images_uri=prep.outputs["data_uri"],
-        reports_uri=reports_uri,
-        methods=explain_methods,
-        max_images=explain_images,
-        run_name=RUN_ID,
-        thresholds=explain_thresholds,
-        fail_on_gate=explain_fail_on_gate,
-    ).after(gate)
-    report.set_caching_options(False)
-    _retry(with_cluster_env(report), 2)
+    scored = _fresh(evaluate_challenger(
+        modality=modality, data_uri=prep.outputs["data_uri"], challenger_uri=challenger, champion_uri="",
+        split="test", metric=promotion_metric, margin=promotion_margin, floors=metric_floors,
+    ).set_display_name("evaluate: challenger vs champion"), 2)
+    explained = _fresh(explain_challenger(
+        model_uri=challenger, images_uri=prep.outputs["data_uri"], reports_uri=reports_uri, run_name=RUN_ID,
+        champion_uri=scored.outputs["champion_uri"], methods=explain_methods, max_images=explain_images,
+        thresholds=explain_thresholds, drift_images=drift_images, min_drift_ssim=min_drift_ssim,
+    ).set_display_name("explain: faithfulness + drift"), 2)
+    validated = _fresh(validate(
+        model_uri=challenger, data_uri=prep.outputs["data_uri"], raw_data_uri=raw_data_uri,
+        staging_uri=f"{serving_base_uri}/_staging/{RUN_ID}", images=validate_images,
+        tensor_tolerance=tensor_tolerance, image_tolerance=image_tolerance, timeout_s=validate_timeout_s,
+    ).set_display_name("infra-validate (private model server)"), 2)
+    pushed = _fresh(push(
+        model_name=candidate.outputs["model_name"], version=candidate.outputs["version"],
+        staged_uri=validated.outputs["staged_uri"], serving_base_uri=serving_base_uri,
+        champion_uri=scored.outputs["champion_uri"], server_base_path=server_base_path,
+        server_address=server_address, evaluate_checks=scored.outputs["checks"],
+        explain_checks=explained.outputs["checks"], validate_checks=validated.outputs["checks"],
+    ).set_display_name("bless and push"), 2)
 
     return TrainingOutputs(
-        accuracy=scored.outputs["accuracy"],
-        qwk=scored.outputs["qwk"],
-        model_name=registered.outputs["model_name"],
-        version=registered.outputs["version"],
-        promoted=registered.outputs["promoted"],
-        report_uri=report.outputs["report_uri"],
-        explanation_gate_passed=report.outputs["gate_passed"],
+        accuracy=scored.outputs["accuracy"], qwk=scored.outputs["qwk"], model_name=candidate.outputs["model_name"],
+        version=candidate.outputs["version"], promoted=pushed.outputs["promoted"],
+        report_uri=explained.outputs["report_uri"], explanation_gate_passed=explained.outputs["passed"],
+        reason=pushed.outputs["reason"],
     )
