@@ -25,9 +25,10 @@ COMMAND_MODULES = (
     "infra.local.data_cli",  # data synth|samples|ls
     "components.preprocess.cli",  # preprocess
     "components.train.cli",  # train
-    "components.evaluate.cli",  # evaluate
+    "components.evaluate.cli",  # evaluate, evaluate-challenger
     "components.register.cli",  # register
-    "components.deploy.cli",  # deploy
+    "components.deploy.cli",  # deploy, rollback
+    "components.validate.cli",  # validate
     "serving.cli",  # serve, predict
     "components.explain.cli",  # explain
     "pipelines.cli",  # pipeline compile|run|upload|schedule
