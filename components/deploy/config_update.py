@@ -22,6 +22,7 @@ from components.common.errors import RetinaError
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
+CONFLICTS = {"count": 0}  # conditional writes refused in this process (tests and logs read it)
 
 EntryFn = Callable[[Any | None], Any | None]  # current entry of this model (or None) -> new entry (None = remove)
 
@@ -90,6 +91,7 @@ def _update_s3(config_uri: str, model_name: str, make_entry: EntryFn) -> tuple[A
             code = exc.response.get("Error", {}).get("Code")
             if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 raise
+            CONFLICTS["count"] += 1
             log.info("models.config changed under us (%s); re-reading (attempt %d)", code, attempt + 1)
             time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
     raise ConfigConflict(f"{config_uri} kept changing: gave up after {MAX_ATTEMPTS} attempts")

@@ -76,3 +76,31 @@ def register_version(stack, tiny_model_dir: Path, model_name: str) -> Callable[.
         return register_model("oct", run.info.run_id, registered_model=model_name).version
 
     return register
+
+
+@pytest.fixture
+def register_challenger_version(stack, tiny_model_dir: Path, model_name: str) -> Callable[..., str]:
+    """Log a tiny model on a new run and register it as `challenger` only (the gates decide `champion`)."""
+    import mlflow
+
+    from components.register.registry import register_challenger
+
+    def register(model_dir: Path | None = None) -> str:
+        mlflow.set_tracking_uri(stack.mlflow_uri)
+        mlflow.set_experiment("retina-deploy-tests")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(model_dir or tiny_model_dir), artifact_path="model")
+        return register_challenger("oct", run.info.run_id, registered_model=model_name).version
+
+    return register
+
+
+@pytest.fixture
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`exported(model_dir)` -> a local SavedModel folder of that model directory (one per call)."""
+    from components.deploy.deployment import export_local
+
+    def export(model_dir: Path) -> Path:
+        return export_local(model_dir, tmp_path_factory.mktemp("export"))
+
+    return export

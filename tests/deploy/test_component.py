@@ -25,7 +25,7 @@ def test_component_python_func_publishes_the_version(stack, register_version, mo
     )
     assert serving_version == int(version)
     assert (Path(endpoint) / "saved_model.pb").exists()
-    assert _labels(tmp_path / "repo", model_name) == {"canary": serving_version}
+    assert _labels(tmp_path / "repo", model_name) == {"stable": serving_version}
 
 
 def test_cli_deploy_by_alias_prints_json(stack, register_version, model_name, tmp_path, capsys):
@@ -59,4 +59,4 @@ def test_deploy_component_under_kfp_local_runner(stack, register_version, model_
 
     assert task.outputs["serving_version"] == int(version)
     assert (base / model_name / version / "saved_model.pb").exists()
-    assert _labels(base, model_name) == {"canary": int(version)}
+    assert _labels(base, model_name) == {"stable": int(version)}

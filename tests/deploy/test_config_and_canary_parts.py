@@ -8,27 +8,9 @@ import pytest
 from components.deploy.deployment import (
     _probabilities,
     _status_states,
-    canary_entry,
     canary_image,
     promoted_entry,
 )
-
-
-def test_canary_entry_keeps_stable_and_labels_the_new_version():
-    from serving.model_repository import format_models_config, parse_models_config
-
-    entry = canary_entry("retina-oct", "s3://models", 3, stable=2)
-    assert entry.base_path == "s3://models/retina-oct"
-    assert (entry.version_policy, entry.versions) == ("specific", [2, 3])
-    assert entry.labels == {"stable": 2, "canary": 3}
-    # what TF Serving reads back is what was meant
-    [parsed] = parse_models_config(format_models_config([entry]))
-    assert parsed.labels == {"stable": 2, "canary": 3} and parsed.versions == [2, 3]
-
-
-def test_first_canary_has_no_stable_label():
-    entry = canary_entry("retina-oct", "/models", 1, stable=None)
-    assert entry.labels == {"canary": 1} and entry.versions == [1]
 
 
 def test_promoted_entry_moves_stable_and_keeps_the_previous_version_loaded():
@@ -36,6 +18,10 @@ def test_promoted_entry_moves_stable_and_keeps_the_previous_version_loaded():
     assert entry.labels == {"stable": 3}
     assert entry.versions == [2, 3]
     assert promoted_entry("retina-oct", "/models", 1, previous=None).versions == [1]
+    # TF Serving answers requests that name no version with the highest loaded one: a newer previous
+    # version (pushing an older one back) must not stay loaded, or it would keep the default traffic
+    older = promoted_entry("retina-oct", "/models", 2, previous=5)
+    assert older.versions == [2] and older.labels == {"stable": 2}
 
 
 def test_canary_image_is_a_decodable_colour_png():

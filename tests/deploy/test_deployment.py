@@ -1,4 +1,4 @@
-"""Deploy: registry version -> TF Serving repository -> canary check on a real local gRPC model server."""
+"""Deploy: registry version -> private check on a real local gRPC model server -> TF Serving repository."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _image() -> bytes:
     return buf.tobytes()
 
 
-def test_deploy_without_server_stages_a_canary(stack, register_version, model_name, tmp_path):
+def test_deploy_without_server_checks_privately_and_moves_stable(stack, register_version, model_name, tmp_path):
     version = register_version()
     base = str(tmp_path / "repo")
 
@@ -82,12 +82,10 @@ def test_deploy_without_server_stages_a_canary(stack, register_version, model_na
     assert serving_version == int(version)
     assert (Path(base) / model_name / version / "saved_model.pb").exists()
     entry = _config(base)[model_name]
-    assert entry.labels == {"canary": int(version)}
+    assert entry.labels == {"stable": int(version)}  # no `canary` label: nothing unverified is ever listed
     assert entry.versions == [int(version)]
     assert entry.base_path == str(Path(base) / model_name)
     assert endpoint == str(Path(base) / model_name / version)
-    # deploying the same version again reuses the published folder
-    assert deploy_model(model_name, base, version=version).serving_version == serving_version
 
 
 def test_champion_alias_is_the_default_and_server_base_path_goes_into_the_config(
@@ -170,6 +168,7 @@ def test_canary_whose_predict_is_wrong_leaves_stable_unchanged(
             wrong_model, wrong_info = load_model(str(wrong_dir))
             return export_saved_model(wrong_model, wrong_info, export_dir)
 
+        # the private check stops it: nothing is published, the production config never names it
         with pytest.raises(CanaryFailed, match="version 2 returned no 4 class probabilities"):
             deploy_model(
                 model_name,
@@ -188,19 +187,21 @@ def test_canary_whose_predict_is_wrong_leaves_stable_unchanged(
         server.stop()
 
 
-def test_canary_never_available_fails_with_the_reason(stack, register_version, model_name, tmp_path):
-    """A server that serves another repository never reports the new version: timeout, stable unchanged."""
+def test_production_server_that_never_loads_it_restores_the_previous_entry(
+    stack, register_version, model_name, tmp_path
+):
+    """A server that serves another repository never reports the new version: timeout, previous entry back."""
     base = str(tmp_path / "repo")
     other = _start_server(str(tmp_path / "other-repo"))
     try:
         v1 = register_version()
-        deploy_model(model_name, base, version=v1)  # staged, not verified
+        deploy_model(model_name, base, version=v1)  # checked privately, stable (no production server named)
+        v2 = register_version(0.9)
         with pytest.raises(CanaryFailed, match="not AVAILABLE on the server after 3s"):
-            deploy_model(model_name, base, version=v1, server_address=other.address, canary_timeout_s=3)
-        # the failed check restored the previous entry (the staged canary), and v1 was not stable before
-        assert _config(base)[model_name].labels == {"canary": 1}
-        # ... and the restored entry's canary still has its files: the failed re-check removed nothing
+            deploy_model(model_name, base, version=v2, server_address=other.address, canary_timeout_s=3)
+        assert _config(base)[model_name].labels == {"stable": 1}
         assert (Path(base) / model_name / v1 / "saved_model.pb").exists()
+        assert not (Path(base) / model_name / v2).exists()  # published by the failed call: taken back
     finally:
         other.stop()
 
@@ -220,7 +221,7 @@ def test_corrupt_saved_model_never_becomes_available(stack, register_version, mo
             (path / "saved_model.pb").write_bytes(b"not a SavedModel")
             return path
 
-        with pytest.raises(CanaryFailed, match="version 2"):
+        with pytest.raises(CanaryFailed, match="version 2"):  # never loads in the private server
             deploy_model(
                 model_name,
                 base,

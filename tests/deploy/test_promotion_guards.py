@@ -1,0 +1,110 @@
+"""Guards of the push path against a real local model server, SeaweedFS and MLflow: a staged candidate gets
+no default traffic, a version folder is reused only when its content matches, a killed upload is invisible,
+and rollback moves both pointers back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.common import storage
+from components.deploy.deployment import DeployError, publish_version, push_version
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def _start(config_uri: str):
+    from serving.server import start_server
+
+    return start_server(model_config_file=config_uri, poll_interval_s=0.2)
+
+
+def test_zero_default_requests_reach_a_staged_candidate(stack, tiny_model_dir, make_model_dir, exported,
+                                                         model_name, tmp_path):
+    """TF Serving sends a request that names no version to the highest loaded version; the candidate v2 is
+    staged and loaded only in a private server, so 1,000 such requests to production all get `stable` v1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.client import ServingClient
+    from serving.server import start_server
+
+    base = f"s3://models/guards-{model_name}"
+    push_version(model_name, 1, exported(tiny_model_dir), base)
+    production = _start(storage.join(base, "models.config"))
+    staged = storage.join(base, "_staging", "run-1", model_name, "2")
+    storage.publish_folder(exported(make_model_dir(tmp_path / "v2", seed=1)), staged, last=["saved_model.pb"])
+    private = start_server(model_base_path=storage.parent(staged), model_name=model_name, port=0, poll_interval_s=0)
+    try:
+        batch = np.zeros((1, 32, 32, 3), np.float32)
+        with ServingClient(private.address) as client:  # the candidate is up and answering privately
+            assert int(client.predict(model_name, {"images": batch})["_version"]) == 2
+        with ServingClient(production.address) as client:
+            def default_request(_: int) -> int:
+                return int(client.predict(model_name, {"images": batch}, signature="serving_default")["_version"])
+
+            with ThreadPoolExecutor(8) as pool:
+                served = list(pool.map(default_request, range(1000)))
+            assert served.count(1) == 1000
+            assert [s["version"] for s in client.model_status(model_name)] == [1]
+    finally:
+        private.stop()
+        production.stop()
+
+
+def test_existing_version_folder_is_reused_only_when_its_content_matches(tiny_model_dir, make_model_dir, exported,
+                                                                          tmp_path, stack):
+    base = f"s3://models/reuse-{tmp_path.name}"
+    first = exported(tiny_model_dir)
+    version_uri = storage.join(base, "m", "1")
+    assert publish_version(first, version_uri) is True
+    assert publish_version(first, version_uri) is False  # a retried push: same bytes, reused
+    other = exported(make_model_dir(tmp_path / "other", seed=5))
+    with pytest.raises(DeployError, match="already holds a different SavedModel"):
+        publish_version(other, version_uri)
+
+
+def test_a_killed_upload_is_invisible_and_the_retry_replaces_it(tiny_model_dir, exported, tmp_path, stack):
+    """A push killed mid-copy leaves files but no saved_model.pb (copied last): servers never list it, and
+    the retried push replaces the leftovers."""
+    from serving.model_repository import list_versions
+
+    base = f"s3://models/killed-{tmp_path.name}"
+    source = exported(tiny_model_dir)
+    version_uri = storage.join(base, "m", "3")
+    for path in sorted(p for p in Path(source).rglob("*") if p.is_file() and p.name != "saved_model.pb")[:2]:
+        storage.copy(str(path), storage.join(version_uri, path.relative_to(source).as_posix()))
+    assert list_versions(base, "m") == []
+    assert publish_version(source, version_uri) is True
+    assert list_versions(base, "m") == [3] and storage.is_published(version_uri)
+
+
+def test_rollback_restores_champion_and_stable(stack, register_challenger_version, make_model_dir, exported,
+                                               model_name, tmp_path, capsys):
+    from components.cli import main
+    from components.deploy.push import PushConfig, bless_and_push
+    from components.register.verdicts import Check
+    from serving.model_repository import read_models_config
+
+    base = str(tmp_path / "repo")
+    passing = [Check.compare("evaluate", "qwk_floor", 0.5, ">=", 0.1)]
+    champion = ""
+    for seed in (0, 1):
+        version = register_challenger_version(make_model_dir(tmp_path / f"m{seed}", seed=seed))
+        cfg = PushConfig(model_name, version, str(exported(tmp_path / f"m{seed}")), base, champion_uri=champion)
+        assert bless_and_push(cfg, passing).promoted
+        champion = version
+    config = storage.join(base, "models.config")
+    assert {e.name: e.labels for e in read_models_config(config)}[model_name] == {"stable": 2}
+
+    capsys.readouterr()
+    assert main(["rollback", "--model", model_name, "--serving-base", base]) == 0
+    assert "v2 -> v1" in capsys.readouterr().out
+    from mlflow import MlflowClient
+
+    assert MlflowClient().get_model_version_by_alias(model_name, "champion").version == "1"
+    [entry] = [e for e in read_models_config(config) if e.name == model_name]
+    assert entry.labels == {"stable": 1} and entry.versions == [1]  # v2 unloaded: no default traffic to it
+    assert main(["rollback", "--model", model_name, "--serving-base", base]) == 2  # nothing before v1
+    assert "nothing to roll back to" in capsys.readouterr().err
