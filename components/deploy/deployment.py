@@ -111,13 +111,45 @@ def _num_classes(model_dir: Path) -> int:
     return ModelInfo.from_dict(json.loads(info_file.read_text())).num_classes
 
 
+FINGERPRINT_FILE = "assets.extra/retina_fingerprint.txt"
+
+
+def model_fingerprint(model: Any, info: Any) -> str:
+    """sha256 of the model's metadata and every weight: the same model gives the same value on every export,
+    whereas the SavedModel's own bytes differ between two exports of one model."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256(json.dumps(info.to_dict(), sort_keys=True, default=str).encode())
+    for weight in model.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def write_fingerprint(export_dir: Path, model: Any, info: Any) -> None:
+    path = Path(export_dir) / FINGERPRINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(model_fingerprint(model, info) + "\n")
+
+
 def export_local(model_dir: Path, out_dir: Path, export_fn: Callable[..., Path] | None = None) -> Path:
     """The model directory exported as a SavedModel into the local folder `out_dir / "export"`."""
     from components.common.model_store import load_model
     from serving.export import export_saved_model
 
     model, info = load_model(str(model_dir))
-    return (export_fn or export_saved_model)(model, info, Path(out_dir) / "export")
+    exported = (export_fn or export_saved_model)(model, info, Path(out_dir) / "export")
+    write_fingerprint(exported, model, info)
+    return exported
+
+
+def _fingerprint(uri: str) -> str | None:
+    try:
+        return storage.read_text(storage.join(uri, FINGERPRINT_FILE)).strip() or None
+    except Exception:  # noqa: BLE001 - an export from before fingerprints: compare the bytes only
+        return None
 
 
 def content_hash(uri: str) -> str:
@@ -138,16 +170,20 @@ def content_hash(uri: str) -> str:
 def publish_version(source: str | Path, version_uri: str) -> bool:
     """Publish the SavedModel folder `source` (local or s3://) at `version_uri`; True when this call wrote it.
 
-    A complete folder already there is reused only when its content hash matches; a folder without
+    A complete folder already there is reused only when its content hash matches, or when it is the same model
+    exported again (`model_fingerprint` of metadata + weights, recorded in the export); a folder without
     `saved_model.pb` (a killed upload: never listed by a server) is replaced.
     """
     from serving.model_repository import SAVED_MODEL_FILE, is_version_present
 
     if is_version_present(version_uri):
-        if content_hash(version_uri) != content_hash(str(source)):
+        same_bytes = content_hash(version_uri) == content_hash(str(source))
+        same_model = _fingerprint(version_uri) is not None and _fingerprint(version_uri) == _fingerprint(str(source))
+        if not (same_bytes or same_model):
             raise DeployError(f"{version_uri} already holds a different SavedModel: refusing to overwrite a "
                               "version a server may have loaded (deploy it under a new registry version)")
-        log.info("%s already holds this SavedModel (content hash matches); reusing it", version_uri)
+        log.info("%s already holds this %s; reusing it", version_uri,
+                 "SavedModel (content hash matches)" if same_bytes else "model (weights fingerprint matches)")
         return False
     if storage.exists(version_uri):
         log.warning("removing the incomplete upload left at %s", version_uri)

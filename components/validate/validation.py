@@ -97,11 +97,13 @@ def model_inputs(records: list[bytes], image_size: int) -> np.ndarray:
 
 def export_candidate(model: Any, info: Any, images: np.ndarray, files: list[bytes], out_dir: Path) -> Path:
     """The SavedModel that will be served, with warmup requests built from held-out images."""
+    from components.deploy.deployment import write_fingerprint
     from components.validate.warmup import build_requests, write_warmup_requests
     from serving.export import export_saved_model
 
     exported = export_saved_model(model, info, out_dir / "export")
     write_warmup_requests(exported, build_requests(images[:2], files[:2]))
+    write_fingerprint(exported, model, info)
     return exported
 
 

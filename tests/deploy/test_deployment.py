@@ -86,6 +86,10 @@ def test_deploy_without_server_checks_privately_and_moves_stable(stack, register
     assert entry.versions == [int(version)]
     assert entry.base_path == str(Path(base) / model_name)
     assert endpoint == str(Path(base) / model_name / version)
+    # deploying the same version again: a new export of the same weights, so the folder is reused
+    stamp = (Path(base) / model_name / version / "saved_model.pb").stat().st_mtime_ns
+    assert deploy_model(model_name, base, version=version).serving_version == serving_version
+    assert (Path(base) / model_name / version / "saved_model.pb").stat().st_mtime_ns == stamp
 
 
 def test_champion_alias_is_the_default_and_server_base_path_goes_into_the_config(

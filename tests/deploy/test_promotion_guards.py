@@ -60,6 +60,7 @@ def test_existing_version_folder_is_reused_only_when_its_content_matches(tiny_mo
     version_uri = storage.join(base, "m", "1")
     assert publish_version(first, version_uri) is True
     assert publish_version(first, version_uri) is False  # a retried push: same bytes, reused
+    assert publish_version(exported(tiny_model_dir), version_uri) is False  # same weights exported again
     other = exported(make_model_dir(tmp_path / "other", seed=5))
     with pytest.raises(DeployError, match="already holds a different SavedModel"):
         publish_version(other, version_uri)

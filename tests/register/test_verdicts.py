@@ -7,7 +7,14 @@ import math
 
 import pytest
 
-from components.register.verdicts import Check, all_passed, checks_json, markdown_table, parse_checks, version_tags
+from components.register.verdicts import (
+    Check,
+    all_passed,
+    checks_json,
+    markdown_table,
+    parse_checks,
+    version_tags,
+)
 
 
 @pytest.mark.parametrize(("value", "op", "threshold", "passed"), [
