@@ -47,7 +47,7 @@ def test_train_tolerates_gpu_taint_and_selects_gpu_nodes(compiled) -> None:
     train = _k8s_executors(compiled["training"])["exec-train"]
     assert train["tolerations"] == [{"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": "NoSchedule"}]
     assert train["nodeSelector"]["labels"] == {GPU_NODE_LABEL: "true"}
-    assert "tolerations" not in _k8s_executors(compiled["training"])["exec-evaluate"]
+    assert "tolerations" not in _k8s_executors(compiled["training"])["exec-evaluate-challenger"]
 
 
 @pytest.mark.parametrize("pipeline", ["training", "explain"])
@@ -84,21 +84,29 @@ def test_steps_run_the_project_images(compiled, pipeline) -> None:
 
 def test_side_effect_steps_are_never_cached_and_all_retry(compiled) -> None:
     tasks = _all_tasks(compiled["training"])
-    for name in ("train", "register", "deploy", "explain"):
+    gates = ("register-challenger", "evaluate-challenger", "explain-challenger", "validate", "push")
+    for name in ("train", *gates):
         assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
-    for name in ("preprocess", "train", "evaluate", "register", "deploy", "explain"):
+    for name in ("preprocess", "train", *gates):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] >= 2, name
 
 
-def test_deploy_runs_only_when_promoted(compiled) -> None:
-    spec = compiled["training"]["spec"]
-    guarded = [
-        t["triggerPolicy"]["condition"]
-        for t in _all_tasks(compiled["training"]).values()
-        if "triggerPolicy" in t and "deploy" in spec["components"][t["componentRef"]["name"]].get("dag", {}).get("tasks", {})
-    ]
-    assert guarded == ["inputs.parameter_values['pipelinechannel--promoted'] == true"]
-    assert "deploy" not in spec["root"]["dag"]["tasks"]
+def test_push_is_the_one_step_that_moves_anything_and_runs_after_every_gate(compiled) -> None:
+    """TFX's Evaluator -> InfraValidator -> Pusher: every gate's checks are inputs of push; nothing deploys
+    before it, and the faithfulness thresholds reach the explain gate."""
+    tasks = _all_tasks(compiled["training"])
+    push = tasks["push"]
+    assert {"evaluate-challenger", "explain-challenger", "validate", "register-challenger"} <= set(
+        push["dependentTasks"])
+    for key, producer in (("evaluate_checks", "evaluate-challenger"), ("explain_checks", "explain-challenger"),
+                          ("validate_checks", "validate")):
+        assert push["inputs"]["parameters"][key]["taskOutputParameter"]["producerTask"] == producer
+    assert not any("deploy" in name for name in tasks)
+    explain = tasks["explain-challenger"]["inputs"]["parameters"]
+    assert explain["thresholds"]["componentInputParameter"] == "explain_thresholds"
+    params = compiled["training"]["spec"]["root"]["inputDefinitions"]["parameters"]
+    for name in ("metric_floors", "explain_thresholds", "min_drift_ssim", "tensor_tolerance", "image_tolerance"):
+        assert "defaultValue" in params[name], name
 
 
 def test_batch_explanation_fans_out_over_shards(compiled) -> None:
@@ -128,7 +136,6 @@ def test_each_shard_is_explained_under_its_own_report_name(compiled) -> None:
 
 
 @pytest.mark.parametrize(("pipeline", "thresholds", "fail"), [
-    ("training", "explain_thresholds", "explain_fail_on_gate"),
     ("explain", "thresholds", "fail_on_gate"),
 ])
 def test_faithfulness_gate_is_a_pipeline_parameter_wired_to_the_explain_step(compiled, pipeline, thresholds,

@@ -1,5 +1,7 @@
-"""The whole training pipeline on the kfp local runner against the real local stack, on a tiny synthetic set;
-then the promoted model served by the detached model server and queried over gRPC with the real retina.jpg."""
+"""The whole training pipeline on the kfp local runner against the real local stack, on a tiny synthetic set:
+a trained model passes every gate and becomes champion and stable; then a challenger whose weights never
+left their random initialisation (learning rate 0) is refused and moves nothing. Finally the champion is
+served by the detached model server and queried over gRPC with the real retina.jpg."""
 
 from __future__ import annotations
 
@@ -9,62 +11,99 @@ import pytest
 
 from components.common import storage
 
+RAW = "s3://raw/test-pipeline/fundus"
 
-@pytest.fixture(scope="module")
-def trained(stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from infra.local.synthetic import write_fundus_dataset
+
+def _run(work: Path, learning_rate: float) -> dict:
     from pipelines.local import run_local
 
-    work = tmp_path_factory.mktemp("training-local")
-    raw = "s3://raw/test-pipeline/fundus"
-    write_fundus_dataset(raw, n=40, seed=3, size=128, balance=True)
-    outputs = run_local(
+    return run_local(
         "training",
         {
             "modality": "fundus",
-            "raw_data_uri": raw,
+            "raw_data_uri": RAW,
             "datasets_uri": "s3://datasets/test-pipeline",
             "models_uri": "s3://models/test-pipeline",
             "image_size": 64,
             "model_name": "deepsense",
             "model_width": 0.25,
-            "epochs": 1,
+            "epochs": 6,
             "batch_size": 8,
+            "learning_rate": learning_rate,
             "gpu_count": 0,
             "serving_base_uri": str(work / "serving"),
             "server_base_path": "",
             "reports_uri": "s3://reports/test-pipeline",
-            "explain_images": 2,
+            "explain_images": 4,
             "explain_methods": "gradcam",
+            "drift_images": 4,
+            "validate_images": 4,
         },
         work / "pipeline-root",
     )
-    return {"outputs": outputs, "work": work}
+
+
+@pytest.fixture(scope="module")
+def runs(stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from infra.local.synthetic import write_fundus_dataset
+
+    work = tmp_path_factory.mktemp("training-local")
+    write_fundus_dataset(RAW, n=60, seed=3, size=128, balance=True)
+    good = _run(work, 3e-3)
+    config = storage.join(str(work / "serving"), "models.config")
+    after_good = storage.read_text(config) if storage.exists(config) else ""
+    bad = _run(work, 0.0)
+    return {"good": good, "bad": bad, "work": work, "config_after_good": after_good}
+
+
+def _champion(name: str) -> str:
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version_by_alias(name, "champion").version
 
 
 @pytest.mark.slow
 @pytest.mark.stack
-def test_training_pipeline_runs_every_step_locally(trained) -> None:
-    out, work = trained["outputs"], trained["work"]
-    assert 0.0 <= out["accuracy"] <= 1.0
-    assert out["model_name"] == "retina-fundus" and out["version"].isdigit()
-    deployed = work / "serving" / "retina-fundus"
-    # deploy ran exactly when the gate promoted the new version
-    assert deployed.is_dir() == bool(out["promoted"])
-    assert storage.exists(storage.join(out["report_uri"], "index.html"))
-    assert out["report_uri"].startswith("s3://reports/test-pipeline/retina-fundus/")
+def test_pipeline_promotes_a_good_model_and_refuses_a_bad_one(runs) -> None:
+    from mlflow import MlflowClient
+
+    from serving.model_repository import read_models_config
+
+    good, bad, work = runs["good"], runs["bad"], runs["work"]
+    assert good["model_name"] == bad["model_name"] == "retina-fundus"
+    assert good["promoted"] is True, good["reason"]
+    tags = MlflowClient().get_model_version("retina-fundus", good["version"]).tags
+    assert tags["retina.blessed"] == "true"
+    for gate in ("evaluate", "explain", "validate"):  # every gate's checks are on the version, all PASS
+        gate_tags = {k: v for k, v in tags.items() if k.startswith(f"gate.{gate}.")}
+        assert gate_tags and all(": PASS" in v for v in gate_tags.values()), gate_tags
+    assert "gate.validate.tensor_max_abs_diff" in tags and "gate.validate.raw_image_max_abs_diff" in tags
+    assert storage.exists(storage.join(good["report_uri"], "index.html"))
+
+    # the untrained challenger: report published, version tagged, nothing moved
+    assert bad["promoted"] is False and "not blessed" in bad["reason"]
+    assert storage.exists(storage.join(bad["report_uri"], "index.html"))
+    bad_tags = MlflowClient().get_model_version("retina-fundus", bad["version"]).tags
+    assert bad_tags["retina.blessed"] == "false"
+    failed = sorted(k for k, v in bad_tags.items() if k.startswith("gate.") and ": FAIL" in v)
+    assert failed, bad_tags
+    print("the untrained challenger was stopped by:", failed)
+    assert _champion("retina-fundus") == good["version"]
+    config = storage.join(str(work / "serving"), "models.config")
+    assert storage.read_text(config) == runs["config_after_good"]
+    [entry] = [e for e in read_models_config(config) if e.name == "retina-fundus"]
+    assert entry.labels == {"stable": int(good["version"])}
+    assert not (work / "serving" / "retina-fundus" / bad["version"]).exists()
 
 
 @pytest.mark.slow
 @pytest.mark.stack
-def test_detached_model_server_serves_the_champion_and_stops(trained, tmp_path: Path) -> None:
-    from infra.local.demo import _predict_retina
+def test_detached_model_server_serves_the_champion_and_stops(runs, tmp_path: Path) -> None:
+    from infra.local.demo import _predict_retina, model_server_status, start_model_server, stop_model_server
     from infra.local.samples import write_samples
-    from infra.local.stack import model_server_status, start_model_server, stop_model_server
 
-    config = trained["work"] / "serving" / "models.config"
-    if not config.is_file():
-        pytest.skip("the gate kept an earlier champion in this MLflow; nothing was deployed here")
+    config = runs["work"] / "serving" / "models.config"
+    assert config.is_file(), "the good run promoted and pushed"
     samples = str(tmp_path / "samples")
     write_samples(samples)
     home = tmp_path / "home"
