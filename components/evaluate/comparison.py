@@ -134,16 +134,17 @@ def gate_checks(cfg: EvaluateConfig, challenger: Scored, champion: Scored | None
             raise RetinaError(f"floor on unknown metric {name!r}: the evaluation reports {', '.join(sorted(values))}")
         checks.append(Check.compare(GATE, f"{name}_floor", values[name], op, threshold))
     metric = cfg.comparison_metric()
+    name = f"{metric}_vs_champion"
     if champion is None:
-        checks.append(Check.flag(GATE, f"{metric}_vs_champion", True, "no champion yet"))
+        checks.append(Check.not_applicable(GATE, name, ">", cfg.margin, "no champion yet"))
     elif not champion.finite:
-        checks.append(Check.flag(GATE, f"{metric}_vs_champion", True, f"champion {champion.ref} outputs NaN/inf"))
+        checks.append(Check.not_applicable(GATE, name, ">", cfg.margin, f"champion {champion.ref} outputs NaN/inf"))
     elif champion.ref == challenger.ref:
-        checks.append(Check.flag(GATE, f"{metric}_vs_champion", True, "the challenger is already the champion"))
+        checks.append(Check.not_applicable(GATE, name, ">", cfg.margin, "the challenger is already the champion"))
     else:
         ours, theirs = values[metric], champion.result.scalar_metrics()[metric]
         checks.append(Check.compare(
-            GATE, f"{metric}_vs_champion", ours - theirs, ">", cfg.margin,
+            GATE, name, ours - theirs, ">", cfg.margin,
             f"challenger {ours:.4f} vs champion {champion.ref} {theirs:.4f} on the same {cfg.split} split"))
     return checks
 

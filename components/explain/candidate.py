@@ -73,7 +73,7 @@ def faithfulness_checks(result: ExplainResult) -> list[Check]:
     checks = [Check.compare(GATE, "images_explained", float(result.summary.get("num_images", 0)), ">=", 1.0)]
     for name, r in sorted(((result.summary.get("gate") or {}).get("metrics") or {}).items()):
         if r.get("value") is None:
-            checks.append(Check(GATE, name, None, r["op"], r["threshold"], True, "not computable on these images"))
+            checks.append(Check.not_applicable(GATE, name, r["op"], r["threshold"], "not computable on these images"))
         else:
             checks.append(Check.compare(GATE, name, r["value"], r["op"], r["threshold"]))
     return checks
@@ -84,10 +84,10 @@ def drift_check(cfg: ExplainGateConfig) -> Check:
     from components.explain.drift import gradcam_drift
 
     if not cfg.champion_uri:
-        return Check(GATE, "drift_ssim_vs_champion", None, ">=", cfg.min_drift_ssim, True, "no champion yet")
+        return Check.not_applicable(GATE, "drift_ssim_vs_champion", ">=", cfg.min_drift_ssim, "no champion yet")
     champion, challenger = ModelRef.parse(cfg.champion_uri).pinned(), ModelRef.parse(cfg.model_uri).pinned()
     if str(champion) == str(challenger):
-        return Check(GATE, "drift_ssim_vs_champion", 1.0, ">=", cfg.min_drift_ssim, True, "same model")
+        return Check.compare(GATE, "drift_ssim_vs_champion", 1.0, ">=", cfg.min_drift_ssim, "same model")
     drift = gradcam_drift(load_model(str(challenger)), load_model(str(champion)), cfg.images_uri,
                           cfg.drift_images)
     return Check.compare(GATE, "drift_ssim_vs_champion", drift.mean_ssim, ">=", cfg.min_drift_ssim,

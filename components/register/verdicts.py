@@ -35,6 +35,7 @@ class Check:
     threshold: float | None
     passed: bool
     note: str = ""
+    skipped: bool = False  # does not apply here (no champion yet, no lesion masks): reported, never failing
 
     @classmethod
     def compare(cls, gate: str, name: str, value: float | None, op: str, threshold: float | None,
@@ -48,13 +49,18 @@ class Check:
                    None if threshold is None else float(threshold), bool(passed), note)
 
     @classmethod
+    def not_applicable(cls, gate: str, name: str, op: str, threshold: float | None, note: str) -> Check:
+        """A check that cannot be measured here, with the reason; it has no value, so it cannot hide one."""
+        return cls(gate, name, None, op, None if threshold is None else float(threshold), True, note, True)
+
+    @classmethod
     def flag(cls, gate: str, name: str, passed: bool, note: str = "") -> Check:
         """A yes/no check (the server loaded it, the warmup replayed)."""
         return cls(gate, name, 1.0 if passed else 0.0, ">=", 1.0, bool(passed), note)
 
     @property
     def verdict(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return "N/A" if self.skipped else "PASS" if self.passed else "FAIL"
 
     def describe(self) -> str:
         value = "n/a" if self.value is None else f"{self.value:.6g}"
@@ -67,9 +73,17 @@ def checks_json(checks: Iterable[Check]) -> str:
 
 
 def parse_checks(text: str) -> list[Check]:
-    """Checks back from `checks_json`; the verdict is recomputed, so a hand-edited `passed` cannot bless."""
-    return [Check.compare(item["gate"], item["name"], item.get("value"), item["op"], item.get("threshold"),
-                          item.get("note", "")) for item in json.loads(text or "[]")]
+    """Checks back from `checks_json`; the verdict is recomputed, so a hand-edited `passed` cannot bless (a
+    check marked not applicable must carry no value)."""
+    out = []
+    for item in json.loads(text or "[]"):
+        if item.get("skipped") and item.get("value") is None:
+            out.append(Check.not_applicable(item["gate"], item["name"], item["op"], item.get("threshold"),
+                                            item.get("note", "")))
+        else:
+            out.append(Check.compare(item["gate"], item["name"], item.get("value"), item["op"],
+                                     item.get("threshold"), item.get("note", "")))
+    return out
 
 
 def all_passed(checks: Sequence[Check]) -> bool:

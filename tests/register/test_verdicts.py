@@ -39,3 +39,12 @@ def test_tags_and_markdown_show_value_threshold_and_verdict() -> None:
     assert version_tags(checks) == {"gate.explain.randomization_ssim": "0.91 <= 0.5: FAIL (maps ignore the weights)"}
     table = markdown_table("explain", checks)
     assert "**FAIL**" in table and "| explain | randomization_ssim | 0.91 | <= 0.5 | FAIL |" in table
+
+
+def test_a_check_that_does_not_apply_survives_the_round_trip_without_a_value() -> None:
+    checks = [Check.not_applicable("explain", "drift_ssim_vs_champion", ">=", -1.0, "no champion yet")]
+    [parsed] = parse_checks(checks_json(checks))
+    assert parsed.passed and parsed.skipped and parsed.describe() == "n/a >= -1: N/A (no champion yet)"
+    forged = json.loads(checks_json([Check.compare("evaluate", "qwk_floor", 0.0, ">=", 0.1)]))
+    forged[0]["skipped"] = True  # a value cannot be declared not applicable
+    assert not parse_checks(json.dumps(forged))[0].passed
