@@ -20,8 +20,12 @@ its own step (components/validate) and calls `push_version` from its push step.
    (`config_update.update_entry`: other models' entries are never lost): `stable` = the new version;
    the previous stable stays loaded only when it is older (a newer loaded version would take the
    default traffic).
-3. with a server address, wait until the production server reports the version AVAILABLE; if it does
-   not, this model's previous entry is restored and a folder published by this call is removed.
+3. with a server address, step 2 happens in two phases, as TF Serving requires (a label may only name
+   a loaded version): the already validated version is added to the loaded versions, the server must
+   report it AVAILABLE, then `stable` moves. If it never loads, this model's previous entry is restored
+   and a folder published by this call is removed. Without a server address the one-step write needs
+   a server that accepts a label on a version it is still loading (the local server does; TF Serving
+   with `--allow_version_labels_for_unavailable_models`).
 
 `server_base_path` is the repository as the *server* sees it (`/models` inside the TF Serving pod that
 mirrors `s3://models`, see infra/k8s/serving); it defaults to the environment variable
@@ -208,6 +212,15 @@ def promoted_entry(model_name: str, server_base: str, new_version: int, previous
                        versions=sorted({new_version} | keep))
 
 
+def loading_entry(model_name: str, server_base: str, new_version: int, stable: int | None) -> Any:
+    """Phase one of a push to a running server: the validated version is loaded, `stable` stays put."""
+    from serving.model_repository import model_entry
+
+    versions = sorted({new_version} | ({stable} if stable is not None else set()))
+    return model_entry(server_base, model_name, labels={LABEL_STABLE: stable} if stable is not None else {},
+                       version_policy="specific", versions=versions)
+
+
 def stable_version(entry: Any | None) -> int | None:
     return entry.labels.get(LABEL_STABLE) if entry is not None else None
 
@@ -350,11 +363,15 @@ def push_version(model_name: str, version: int, source: str | Path, serving_base
     version_uri = version_path(serving_base_uri, model_name, version)
     config_uri = storage.join(serving_base_uri, "models.config")
     published_now = publish_version(source, version_uri)
-    previous, _ = update_entry(config_uri, model_name, lambda old: promoted_entry(
-        model_name, server_base, version, stable_version(old)))
-    log.info("models.config: %s stable %s -> %d", model_name, stable_version(previous), version)
     if not server_address:
+        previous, _ = update_entry(config_uri, model_name, lambda old: promoted_entry(
+            model_name, server_base, version, stable_version(old)))
+        log.info("models.config: %s stable %s -> %d", model_name, stable_version(previous), version)
         return Deployment(version, version_uri)
+    # TF Serving assigns a label only to a version it has loaded (unless started with
+    # --allow_version_labels_for_unavailable_models): load first, then move `stable`.
+    previous, _ = update_entry(config_uri, model_name, lambda old: loading_entry(
+        model_name, server_base, version, stable_version(old)))
     try:
         from serving.client import ServingClient
 
@@ -366,6 +383,9 @@ def push_version(model_name: str, version: int, source: str | Path, serving_base
             storage.delete(version_uri)
         log.warning("the model server did not load %s v%d: restored the previous entry", model_name, version)
         raise
+    update_entry(config_uri, model_name, lambda old: promoted_entry(model_name, server_base, version,
+                                                                    stable_version(old)))
+    log.info("models.config: %s stable %s -> %d", model_name, stable_version(previous), version)
     return Deployment(version, f"grpc://{server_address}/{model_name}/versions/{version}")
 
 
