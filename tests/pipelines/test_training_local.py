@@ -110,7 +110,7 @@ def test_pipeline_promotes_a_good_model_and_refuses_a_bad_one(runs) -> None:
 def test_detached_model_server_serves_the_champion_and_stops(runs, tmp_path: Path) -> None:
     import time
 
-    from infra.local.demo import model_server_status, start_model_server, stop_model_server
+    from infra.local.stack import model_server_status, start_model_server, stop_model_server
     from serving.client import ServingClient
 
     config = runs["work"] / "serving" / "models.config"
