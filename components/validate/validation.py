@@ -32,6 +32,8 @@ from components.register.verdicts import Check
 
 log = logging.getLogger(__name__)
 GATE = "validate"
+WARMUP_RPC = {"predict_log": "Predict", "classify_log": "Classify", "regress_log": "Regress",
+              "multi_inference_log": "MultiInference"}
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,11 @@ def model_inputs(records: list[bytes], image_size: int) -> np.ndarray:
 def export_candidate(model: Any, info: Any, images: np.ndarray, files: list[bytes], out_dir: Path) -> Path:
     """The SavedModel that will be served, with warmup requests built from held-out images."""
     from components.deploy.deployment import write_fingerprint
-    from components.validate.warmup import build_requests, write_warmup_requests
+    from components.validate.warmup import write_candidate_warmup
     from serving.export import export_saved_model
 
     exported = export_saved_model(model, info, out_dir / "export")
-    write_warmup_requests(exported, build_requests(images[:2], files[:2]))
+    write_candidate_warmup(exported, int(info.image_size), images[:2], files[:2])
     write_fingerprint(exported, model, info)
     return exported
 
@@ -117,15 +119,18 @@ def stage(exported: Path, cfg: ValidateConfig, name: str, version: str) -> str:
 
 def replay_warmup(client: Any, exported: Path, name: str, version: int) -> Check:
     """Send every recorded warmup request to the candidate, as TF Serving does on load; all must succeed."""
-    from components.validate.warmup import read_warmup_requests
+    from components.validate.warmup import read_warmup_records
 
-    requests = read_warmup_requests(exported)
+    requests = []
+    for log in read_warmup_records(exported):
+        kind = log.WhichOneof("log_type")  # predict_log / classify_log / ...: call the matching RPC
+        requests.append((getattr(client.prediction, WARMUP_RPC[kind]), getattr(log, kind).request))
     failures = []
-    for request in requests:
+    for call, request in requests:
         request.model_spec.name = name
         request.model_spec.version.value = int(version)
         try:
-            client.prediction.Predict(request, timeout=client.timeout)
+            call(request, timeout=client.timeout)
         except Exception as exc:  # noqa: BLE001 - any failed replay is the verdict, with its reason
             failures.append(f"{request.model_spec.signature_name}: {str(exc).splitlines()[0][:200]}")
     note = f"{len(requests) - len(failures)}/{len(requests)} replayed" + (f"; {failures[0]}" if failures else "")
