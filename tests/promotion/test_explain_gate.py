@@ -7,10 +7,11 @@ import pytest
 from components.common import storage
 
 pytestmark = pytest.mark.slow
-# Measured on these images: trained insertion - deletion 0.72, pointing game 1.0; random weights 0.003 and 0.5
-# (a random conv net still finds a bright blob half the time). The randomization SSIM is low for both: it
-# tests that maps depend on the weights, which random maps do too.
-THRESHOLDS = "randomization_ssim<=0.5,insertion_minus_deletion>=0.1,pointing_game>=0.8"
+# Measured on these images: trained insertion - deletion 0.72; random weights 0.003. The pointing game does not
+# separate them here (a random conv net also peaks on the one bright blob: 0.5 exactly, 1.0 with the pointing
+# tolerance explain now applies), and the randomization SSIM is low for both (random maps depend on the
+# weights too): insertion - deletion is the check that stops random weights.
+THRESHOLDS = "randomization_ssim<=0.5,insertion_minus_deletion>=0.1,pointing_game>=0.5"
 
 
 def _gate(model_dir, folder, reports, run_name="r1"):
@@ -29,7 +30,7 @@ def test_randomized_weights_challenger_fails_the_explanation_gate(planted_models
     assert all_passed(trained), [c.describe() for c in trained]
     assert not all_passed(randomized)
     failed = {c.name for c in randomized if not c.passed}
-    assert {"insertion_minus_deletion", "pointing_game"} <= failed, [c.describe() for c in randomized]
+    assert "insertion_minus_deletion" in failed, [c.describe() for c in randomized]
     assert storage.exists(storage.join(result.report_uri, "index.html"))  # published either way
 
 
