@@ -282,7 +282,11 @@ def decode(image_bytes: Any, params: PreprocessParams) -> Any:
     index = _reduction_index(head["height"], head["width"], params)
 
     def jpeg() -> Any:
-        branches = [lambda r=r: tf.io.decode_jpeg(image_bytes, channels=1 if grey else 3, ratio=r)
+        # INTEGER_ACCURATE is libjpeg's ISLOW IDCT, what OpenCV decodes with; TF's default (IFAST) is off by
+        # up to 3 grey levels at full scale (the scaled decodes are the same either way). OCT B-scans decode
+        # at full scale, so the default made the served OCT model see other pixels than training did.
+        branches = [lambda r=r: tf.io.decode_jpeg(image_bytes, channels=1 if grey else 3, ratio=r,
+                                                  dct_method="INTEGER_ACCURATE")
                     for r in (1, 2, 4, 8)]
         image = tf.cast(tf.switch_case(index, branches), tf.float32)
         return image[..., 0] if grey else image
