@@ -243,6 +243,21 @@ def _version_for_run(client: Any, name: str, modality: str, run: Any, model_uri:
     return mv
 
 
+def _run_metric(client: Any, run_id: str, metric: str) -> tuple[Any, str, float]:
+    """The MLflow run and the value it logged for `metric` (under its own or a known alias key)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise RegistrationError(f"no MLflow run {run_id!r} at {client.tracking_uri}") from exc
+    found = find_metric(run.data.metrics, metric)
+    if found is None:
+        available = ", ".join(sorted(run.data.metrics)) or "none"
+        raise RegistrationError(f"run {run_id} has no metric {metric!r} (logged: {available})")
+    return run, found[0], found[1]
+
+
 def register_model(
     modality: str,
     run_id: str,
@@ -261,8 +276,6 @@ def register_model(
     in the metric's units. `registered_model` overrides the registry name (a staging registry,
     isolated tests). Returns `(model_name, version, promoted, reason)`.
     """
-    from mlflow.exceptions import MlflowException
-
     config.check_modality(modality)
     if not run_id:
         raise RegistrationError("a run id is required: the MLflow run that logged the model")
@@ -274,16 +287,7 @@ def register_model(
     )
     name = registered_model or config.REGISTERED_MODEL[modality]
     client = _client(tracking_uri)
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise RegistrationError(f"no MLflow run {run_id!r} at {client.tracking_uri}") from exc
-    found = find_metric(run.data.metrics, metric)
-    if found is None:
-        available = ", ".join(sorted(run.data.metrics)) or "none"
-        raise RegistrationError(f"run {run_id} has no metric {metric!r} (logged: {available})")
-    metric_key, candidate_value = found
+    run, metric_key, candidate_value = _run_metric(client, run_id, metric)
 
     mv = _version_for_run(client, name, modality, run, model_uri, metric_key)
     mv = wait_until_ready(client, name, mv.version, ready_timeout_s)
