@@ -17,6 +17,7 @@ from typing import Any
 from components.common import storage
 from components.common.config import ALIAS_CHAMPION, REGISTERED_MODEL, check_modality
 from components.common.errors import RetinaError
+from components.common.model_ref import ModelRef, ModelRefError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASKS_FOLDER = "masks"
@@ -25,18 +26,12 @@ MASKS_FOLDER = "masks"
 def resolve_model_uri(modality: str, version: str = "", alias: str = ALIAS_CHAMPION) -> str:
     """`models:/<name>/<version>`: the given version, or the one `alias` points at right now."""
     name = REGISTERED_MODEL[check_modality(modality)]
-    if version:
-        if not version.isdigit():
-            raise RetinaError(f"model version must be a number, got {version!r} (leave it empty for @{alias})")
-        return f"models:/{name}/{version}"
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     try:
-        pinned = MlflowClient().get_model_version_by_alias(name, alias).version
-    except MlflowException as exc:
-        raise RetinaError(f"registered model {name} has no @{alias} version yet: run the training pipeline") from exc
-    return f"models:/{name}/{pinned}"
+        ref = ModelRef.registry(name, version=version) if version else ModelRef.registry(name, alias=alias).pinned()
+    except ModelRefError as exc:
+        hint = f" (leave the version empty for @{alias})" if version else ": run the training pipeline"
+        raise RetinaError(f"{exc}{hint}") from exc
+    return ref.uri
 
 
 def _is_image(uri: str) -> bool:

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 from components.common import config, storage
 from components.common.errors import RetinaError
+from components.common.model_ref import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def download_model_dir(
     """The registered version's model directory (model.keras + retina_model.json) as a local folder."""
     import mlflow
 
-    uri = f"models:/{model_name}/{version}"
+    uri = ModelRef.registry(model_name, version=version).uri
     try:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri
