@@ -8,6 +8,7 @@ shards -> explain each shard in parallel (`dsl.ParallelFor`) -> one index over t
 from kfp import dsl
 
 from components.explain.component import explain
+from components.explain.config import ExplainConfig
 from pipelines.k8s import with_cluster_env
 from pipelines.steps import list_shards, merge_reports, resolve_model
 
@@ -72,7 +73,7 @@ def explanation_pipeline(
     reports_uri: str = "s3://reports",
     work_uri: str = "s3://pipeline-root/shards",
     shard_size: int = 64,
-    methods: str = "gradcam,gradcam++,layercam",
+    methods: str = ExplainConfig.methods,
     thresholds: str = "",
     fail_on_gate: bool = False,
 ) -> str:

@@ -21,7 +21,7 @@ def explain(
     reports_uri: str,
     html: Output[HTML],
     summary: Output[Markdown],
-    methods: str = "gradcam,gradcam++,layercam",
+    methods: str = "layercam-fused,gradcam,gradcam++,layercam",  # literal: KFP ships this source; = ExplainConfig
     max_images: int = 16,
     run_name: str = "",
     thresholds: str = "",

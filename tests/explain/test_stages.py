@@ -132,3 +132,20 @@ def test_report_is_named_from_the_model_ref():
     assert model_identity("runs:/fedcba9876543210/model", info) == ("deepsense", "run-fedcba98")
     assert model_identity("/tmp/x/model", info) == ("deepsense", "run-01234567")
     assert model_identity("/tmp/x/any.keras", SimpleNamespace(model_name="", run_id="")) == ("any", "local")
+
+
+def test_the_kfp_component_defaults_are_the_config_defaults():
+    """KFP ships a lightweight component's source alone, so its defaults are literals; they must stay the
+    ExplainConfig's, or the pipeline would explain with other methods than `retina explain`."""
+    import inspect
+
+    from components.explain.component import explain
+    from components.explain.config import ExplainConfig
+
+    defaults = {n: p.default for n, p in inspect.signature(explain.python_func).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    config = ExplainConfig.__dataclass_fields__
+    for name, value in defaults.items():
+        if name in config:
+            assert value == config[name].default, name
+    assert defaults["methods"].split(",")[0] == "layercam-fused"
