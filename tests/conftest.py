@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,31 @@ def kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "pipeline-root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     return root
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with unknown fields refused where it lists properties, as `kubectl apply --validate=strict`
+    (server-side field validation) refuses them; a structural schema alone lets the API server prune them."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="session")
+def strict_crd_validator() -> Callable[[dict], Any]:
+    """`make(openapi_schema)` -> a jsonschema validator for a custom resource that refuses unknown fields."""
+    import jsonschema
+
+    def make(schema: dict) -> Any:
+        schema = _closed(schema)
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+        cls.check_schema(schema)
+        return cls(schema)
+
+    return make

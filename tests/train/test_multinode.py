@@ -27,26 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "infra" / "k8s" / "training" / "crd" / "tfjob-v1.schema.json"
 
 
-def closed(schema: Any) -> Any:
-    """The CRD schema with unknown fields refused, as `kubectl apply --validate=strict` (server-side field
-    validation) refuses them; a structural schema alone would let the API server prune them silently."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: closed(v) for k, v in schema.items()}
-    if "properties" in out and "additionalProperties" not in out \
-            and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
-
-
 @pytest.fixture(scope="module")
-def validator() -> jsonschema.Validator:
-    schema = closed(json.loads(SCHEMA.read_text()))
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    cls.check_schema(schema)
-    return cls(schema)
+def validator(strict_crd_validator) -> jsonschema.Validator:
+    return strict_crd_validator(json.loads(SCHEMA.read_text()))
 
 
 def _config(**kw: Any) -> TrainConfig:
