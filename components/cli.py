@@ -17,7 +17,6 @@ from typing import Any
 
 from components.common.config import apply_stack_env
 from components.common.errors import RetinaError
-from serving.quiet import quiet_tensorflow_imports
 
 # Modules that add sub-commands, in the order `retina --help` lists them.
 COMMAND_MODULES = (
@@ -75,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the command's own output;
     # warnings and errors still show. Steps started from here (kfp local runner, model server) inherit it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The absl lines TensorFlow writes before its logging starts ignore that variable: whichever step
-    # imports TensorFlow first does it with stderr captured (the lines go to the DEBUG log, `-v` shows them).
-    quiet_tensorflow_imports()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

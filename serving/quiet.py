@@ -11,8 +11,6 @@ and anything else is written back to the real stderr.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.machinery
 import logging
 import os
 import re
@@ -70,40 +68,3 @@ def import_tensorflow() -> Any:
 
         tf.get_logger().setLevel(logging.ERROR)
     return tf
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """The first `import tensorflow` anywhere (a step, Keras, a library) goes through `import_tensorflow`.
-
-    Steps import TensorFlow lazily, deep inside their functions; rather than wrap each of those, the
-    `retina` entry point installs this finder, which does the real import with stderr captured and then
-    hands the loaded module to the import system unchanged (its own `__spec__` restored).
-    """
-
-    def __init__(self) -> None:
-        self._module: Any = None
-        self._spec: Any = None
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        self._module = import_tensorflow()
-        self._spec = self._module.__spec__
-        with captured_stderr():  # CUDA probing (`failed call to cuInit`) happens when devices are first listed
-            self._module.config.list_physical_devices()
-        sys.modules.pop("tensorflow", None)  # put back by the import system, through create_module
-        return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec: Any) -> Any:
-        return self._module
-
-    def exec_module(self, module: Any) -> None:
-        module.__spec__ = self._spec
-
-
-def quiet_tensorflow_imports() -> None:
-    """Install the finder once, unless TensorFlow is already imported (then there is nothing to hide)."""
-    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _QuietTensorFlowImport())
