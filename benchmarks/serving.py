@@ -188,7 +188,7 @@ def main() -> None:
     if args.quick:
         args.requests, args.seconds = 50, 3.0
 
-    from serving import quiet
+    from components.common import quiet
 
     quiet.import_tensorflow()
     work = Path(tempfile.mkdtemp(prefix="retina-bench-serving-"))

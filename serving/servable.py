@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from serving import quiet
+from components.common import quiet
 from serving.batching import Batcher
 from serving.options import BatchingParameters
 from serving.status import ServingStatus, failed_precondition, from_tf_error

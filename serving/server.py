@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
+from components.common import quiet, storage
 from components.common.errors import RetinaError
 from serving import model_repository as repo
-from serving import quiet
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.options import (

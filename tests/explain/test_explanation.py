@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +240,18 @@ def test_model_expecting_raw_pixels_is_explained_like_its_0_1_twin(trained_model
     np.testing.assert_allclose(probs(raw), probs(twin), atol=1e-5)
     assert raw.pointing_game == pytest.approx(twin.pointing_game)
     assert np.abs(probs(wrong) - probs(twin)).max() > 0.05  # fed [0, 1] it sees a near-black image
+
+
+@pytest.mark.slow
+def test_retina_explain_prints_no_tensorflow_cpp_lines(trained_model_dir, planted_folder, tmp_path):
+    """A `retina` command that runs TensorFlow, as a user starts it: its own output only."""
+    code = "import sys; from components.cli import main; sys.exit(main(sys.argv[1:]))"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code, "explain", "--model", str(trained_model_dir), "--images", str(planted_folder),
+         "--out", str(tmp_path / "rep"), "--methods", "gradcam", "--max-images", "1", "--filters", "1",
+         "--maps-per-layer", "1", "--run-name", "quiet"],
+        capture_output=True, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    for marker in (b"I0000", b"E0000", b"cudart_stub", b"cuInit", b"absl::InitializeLog"):
+        assert marker not in done.stderr, done.stderr.decode()
