@@ -191,7 +191,13 @@ def main() -> None:
     from components.common import quiet
 
     quiet.import_tensorflow()
-    work = Path(tempfile.mkdtemp(prefix="retina-bench-serving-"))
+    with tempfile.TemporaryDirectory(prefix="retina-bench-serving-") as tmp:
+        measure(Path(tmp), args)
+
+
+def measure(work: Path, args: argparse.Namespace) -> None:
+    from components.common import quiet
+
     with quiet.captured_stderr():
         build_mlp(work, args.width, args.layers)
     x = np.random.default_rng(1).random((1, args.width), dtype=np.float32)
