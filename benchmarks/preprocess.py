@@ -143,7 +143,8 @@ def write_raw_set(images: list[tuple[str, bytes]], copies: int, root: Path) -> N
         writer.writerows(rows)
 
 
-def beam_run(root: Path, out: Path, copies: int, image_size: int, workers: int, mode: str) -> tuple[float, float]:
+def beam_run(root: Path, out: Path, copies: int, image_size: int, workers: int, mode: str,
+             images_per_shard: int) -> tuple[float, float]:
     """(wall seconds incl. runner start-up, images/s in the workers: first image started to last finished,
     from the pipeline's Beam metrics, i.e. without start-up and shard writing)."""
     from components.preprocess.pipeline import run_preprocess
@@ -152,7 +153,7 @@ def beam_run(root: Path, out: Path, copies: int, image_size: int, workers: int, 
         "fundus", str(root), str(out), PreprocessParams(image_size=image_size),
         beam_args=[f"--direct_num_workers={workers}", f"--direct_running_mode={mode}",
                    "--default_sdk_harness_log_level=WARNING"],
-        progress=lambda _line: None,
+        progress=lambda _line: None, images_per_shard=images_per_shard,
     )
     assert manifest["num_images"] == copies, manifest["rejected_count"]
     timing = manifest["timing"]
@@ -190,15 +191,19 @@ def report_paths(images: list[tuple[str, bytes]], params: PreprocessParams, repe
 
 
 def report_beam(images: list[tuple[str, bytes]], copies: int, image_size: int, mode: str) -> None:
+    """1 vs 2 workers, with runner-chosen shards (the default, `images_per_shard=0`: each worker writes and
+    gzips the bundle it preprocessed) and with a fixed shard count (1000 images per shard: every record crosses
+    a shuffle to its shard's single writer)."""
     with tempfile.TemporaryDirectory(prefix="retina-bench-") as tmp:
         root = Path(tmp) / "raw"
         write_raw_set(images, copies, root)
-        one_wall, one_steady = beam_run(root, Path(tmp) / "out1", copies, image_size, 1, mode)
-        two_wall, two_steady = beam_run(root, Path(tmp) / "out2", copies, image_size, 2, mode)
-    print(f"Beam ({mode}, {copies} images): wall time incl. start-up 1 worker {one_wall:.1f} s, "
-          f"2 workers {two_wall:.1f} s, wall-time ratio {one_wall / two_wall:.2f}x")
-    print(f"Beam in the workers (metrics, start-up excluded): 1 worker {one_steady:.2f} images/s, "
-          f"2 workers {two_steady:.2f} images/s, ratio {two_steady / one_steady:.2f}x")
+        for label, per_shard in (("runner-chosen shards (default)", 0), ("fixed shards, 1000 per shard", 1000)):
+            one_wall, one_steady = beam_run(root, Path(tmp) / "out1", copies, image_size, 1, mode, per_shard)
+            two_wall, two_steady = beam_run(root, Path(tmp) / "out2", copies, image_size, 2, mode, per_shard)
+            print(f"Beam ({mode}, {copies} images, {label}): wall time incl. start-up 1 worker {one_wall:.1f} s, "
+                  f"2 workers {two_wall:.1f} s, wall-time ratio {one_wall / two_wall:.2f}x")
+            print(f"  in the workers (metrics, start-up excluded): 1 worker {one_steady:.2f} images/s, "
+                  f"2 workers {two_steady:.2f} images/s, ratio {two_steady / one_steady:.2f}x")
 
 
 def main() -> None:

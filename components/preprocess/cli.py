@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1, help="ignored for Kermany (its test split is kept)")
     p.add_argument("--seed", type=int, default=0, help="patient split seed")
-    p.add_argument("--images-per-shard", type=int, default=1000)
+    p.add_argument("--images-per-shard", type=int, default=0,
+                   help="records per TFRecord shard, fixing each split's shard count (every record then crosses a "
+                        "shuffle to its shard's writer); default 0: the runner decides, as Beam's own default, one "
+                        "shard per bundle written by the worker that preprocessed it")
     p.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
                    help="fail the run when more than this fraction of the listed images is rejected "
                    f"(default {DEFAULT_MAX_REJECT_FRACTION})")

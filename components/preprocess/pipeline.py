@@ -335,7 +335,8 @@ def run_beam(listing: Listing, params: PreprocessParams, output_uri: str, beam_a
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    shards = {s: max(1, math.ceil(listing.planned[s] / images_per_shard)) for s in SPLITS if listing.planned[s]}
+    shards = {s: max(1, math.ceil(listing.planned[s] / images_per_shard)) if images_per_shard > 0 else 0
+              for s in SPLITS if listing.planned[s]}
     options = PipelineOptions(local_runner_args(beam_args))
     runner = options.get_all_options().get("runner")
     say(f"running Beam ({runner}) on {len(listing.items)} images")
@@ -393,7 +394,7 @@ def run_preprocess(
     test_fraction: float = 0.1,
     seed: int = 0,
     beam_args: Sequence[str] | None = None,
-    images_per_shard: int = 1000,
+    images_per_shard: int = 0,
     progress: Callable[[str], None] | None = None,
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
 ) -> dict[str, Any]:
@@ -402,9 +403,14 @@ def run_preprocess(
     Stages: list + split by patient -> Beam (decode, preprocess, shards, dead letter) -> collect counts ->
     check the reject rate -> write the manifest (last: a reader that finds it finds a complete dataset).
     `beam_args` (e.g. `--direct_num_workers=2`, `--runner=FlinkRunner --flink_master=…`) go to Beam as is.
+    `images_per_shard` > 0 fixes each split's shard count (every record then crosses one shuffle to reach its
+    shard's writer); 0 lets the runner decide: one shard per bundle, written and compressed by the worker
+    that preprocessed it, so nothing but file names crosses a shuffle (the faster choice on many workers).
     """
     say = progress or log.info
     params = _check_params(modality, params)
+    if images_per_shard < 0:
+        raise RetinaError(f"images_per_shard must be 0 (the runner decides) or positive, got {images_per_shard}")
     say(f"listing {modality} dataset at {input_uri}")
     listing = list_dataset(modality, input_uri, val_fraction, test_fraction, seed)
     say(f"{len(listing.items)} images to preprocess ({', '.join(f'{s} {listing.planned[s]}' for s in SPLITS)}), "

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.common.errors import RetinaError
 from components.preprocess.pipeline import run_preprocess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +96,27 @@ def test_the_comparison_sees_real_data(outputs):
     assert len({r for records in base["records"].values() for r in records}) == 10
     assert sum(len(info["shards"]) for info in base["manifest"]["splits"].values()) >= 3
     assert outputs["portable"]["run"]["runner"] == "PortableRunner"
+
+
+@pytest.mark.slow
+def test_runner_chosen_shards_hold_the_same_records(outputs, fundus_raw, tmp_path):
+    """`images_per_shard=0`: shards are the workers' bundles (no shuffle of the records), same contents."""
+    run_preprocess("fundus", str(fundus_raw), str(tmp_path), val_fraction=0.2, test_fraction=0.2, seed=1,
+                   beam_args=RUNNERS["multi-process"], images_per_shard=0)
+    got, base = dataset_contents(tmp_path), outputs["in-process"]
+    assert got["records"] == base["records"]
+    assert got["rejected"] == base["rejected"]
+    assert {k: v for k, v in got["manifest"].items() if k != "splits"} == \
+        {k: v for k, v in base["manifest"].items() if k != "splits"}
+    for split, info in got["manifest"]["splits"].items():
+        assert info["count"] == base["manifest"]["splits"][split]["count"]
+        assert 1 <= len(info["shards"]) <= 2  # one per bundle: at most one per worker here
+
+
+def test_negative_images_per_shard_is_refused(fundus_raw, tmp_path):
+    with pytest.raises(RetinaError, match="images_per_shard"):
+        run_preprocess("fundus", str(fundus_raw), str(tmp_path / "out"), images_per_shard=-1)
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- the Flink side (fast)
