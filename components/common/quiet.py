@@ -5,7 +5,7 @@ before absl::InitializeLog() ...", the cuInit error on a machine without a GPU) 
 descriptor 2 while it imports and when it first lists its devices; `TF_CPP_MIN_LOG_LEVEL` does not reach
 the lines written before absl is initialised. So both moments run with fd 2 pointed at a temporary file;
 afterwards the lines that are TensorFlow's go to the `tensorflow.startup` logger at DEBUG (shown by
-`retina --verbose` / `RETINA_LOG_LEVEL=DEBUG`) and anything else is written back to the real stderr.
+`retina --verbose`, or any DEBUG logging setup) and anything else is written back to the real stderr.
 
 `install()` (done when the `components` or `serving` package is imported) puts a finder on
 `sys.meta_path` so that every `import tensorflow` — a step's, Keras', a KFP component's — goes through
