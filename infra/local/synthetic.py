@@ -510,6 +510,12 @@ def render_oct(label: int, rng: np.random.Generator, size: int = 512) -> tuple[n
 
 
 # --------------------------------------------------------------------------- datasets
+def _write_image(out_uri: str, folder: str, image_id: str, image: np.ndarray, mask: np.ndarray) -> None:
+    """`<folder>/<image_id>.jpeg` and its lesion mask `masks/<image_id>.png`, where the dataset readers look."""
+    storage.write_bytes(storage.join(out_uri, folder, f"{image_id}.jpeg"), encode_jpeg(image))
+    storage.write_bytes(storage.join(out_uri, "masks", f"{image_id}.png"), encode_png(mask))
+
+
 def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> list[int]:
     labels = [i % num_classes for i in range(n)]
     rng.shuffle(labels)
@@ -563,10 +569,8 @@ def write_fundus_dataset(
     rows = []
     for i, (pid, eye, grade) in enumerate(plan):
         rng = np.random.default_rng([seed, 1, pid, 0 if eye == "left" else 1])
-        image, mask = render_fundus(grade, rng, size=size, eye=eye)
         image_id = f"{pid}_{eye}"
-        storage.write_bytes(storage.join(out_uri, "train", f"{image_id}.jpeg"), encode_jpeg(image))
-        storage.write_bytes(storage.join(out_uri, "masks", f"{image_id}.png"), encode_png(mask))
+        _write_image(out_uri, "train", image_id, *render_fundus(grade, rng, size=size, eye=eye))
         rows.append((image_id, grade))
         if progress:
             progress(i + 1, len(plan))
@@ -641,10 +645,8 @@ def write_oct_dataset(
     names = CLASS_NAMES["oct"]
     for i, (split, name, pid, k) in enumerate(plan):
         rng = np.random.default_rng([seed, 3, pid, k])
-        image, mask = render_oct(names.index(name), rng, size=size)
         image_id = f"{name}-{pid}-{k}"
-        storage.write_bytes(storage.join(out_uri, split, name, f"{image_id}.jpeg"), encode_jpeg(image))
-        storage.write_bytes(storage.join(out_uri, "masks", f"{image_id}.png"), encode_png(mask))
+        _write_image(out_uri, f"{split}/{name}", image_id, *render_oct(names.index(name), rng, size=size))
         if progress:
             progress(i + 1, len(plan))
     per_class = Counter(name for _, name, _, _ in plan)
