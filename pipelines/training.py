@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from components.common.step_config import config_default as _default
 from components.deploy.component import push
 from components.evaluate.comparison import EvaluateConfig
 from components.evaluate.component import evaluate_challenger
@@ -25,7 +26,6 @@ from components.explain.candidate import ExplainGateConfig
 from components.explain.component import explain_challenger
 from components.preprocess.component import preprocess
 from components.register.component import register_challenger
-from components.register.step_config import config_default as _default
 from components.train.component import train
 from components.validate.component import validate
 from components.validate.validation import ValidateConfig

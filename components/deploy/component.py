@@ -51,8 +51,8 @@ def push(
 ) -> NamedTuple("PushOutputs", [("promoted", bool), ("serving_version", int), ("reason", str)]):
     """Bless and push: every gate's checks are tagged on the version; only when all passed does `champion`
     move in MLflow and then `stable` in the serving repository."""
+    from components.common.checks import parse_checks
     from components.deploy.push import PushConfig, bless_and_push
-    from components.register.verdicts import parse_checks
 
     checks = parse_checks(evaluate_checks) + parse_checks(explain_checks) + parse_checks(validate_checks)
     cfg = PushConfig(model_name=model_name, version=version, staged_uri=staged_uri, serving_base_uri=serving_base_uri,

@@ -2,7 +2,7 @@
 order, only when every gate passed; `rollback` moves both back to the previous blessed version.
 
 TFX's Pusher pushes only a model its Evaluator and InfraValidator blessed; here the blessing is the set of
-checks each gate step returned, re-verified from their values (components.register.verdicts). If the push
+checks each gate step returned, re-verified from their values (components.common.checks). If the push
 fails after `champion` moved, `champion` is put back, so the registry never names a champion that is not
 the one being served.
 """
@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 
 from components.common import storage
+from components.common.checks import Check
 from components.common.errors import RetinaError
 from components.deploy.deployment import Deployment, push_version, stable_version, wait_available
-from components.register.verdicts import Check
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class PushResult:
 
 
 def bless_and_push(cfg: PushConfig, checks: list[Check], markdown_path: str | None = None) -> PushResult:
+    from components.common.checks import markdown_table, write_markdown
     from components.register.blessing import bless, restore_champion
-    from components.register.verdicts import markdown_table, write_markdown
 
     blessing = bless(cfg.model_name, cfg.version, checks, cfg.champion_uri)
     pushed: Deployment | None = None

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register_challenger_command(subparsers: argparse._SubParsersAction) -> None:
     """`retina evaluate-challenger`: the training pipeline's evaluate gate, flags generated from EvaluateConfig."""
+    from components.common.step_config import add_config_arguments
     from components.evaluate.comparison import EvaluateConfig
-    from components.register.step_config import add_config_arguments
 
     p = subparsers.add_parser(
         "evaluate-challenger",
@@ -48,8 +48,8 @@ def register_challenger_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_challenger(args: argparse.Namespace) -> int:
+    from components.common.step_config import config_from_args
     from components.evaluate.comparison import EvaluateConfig, evaluate_challenger
-    from components.register.step_config import config_from_args
 
     result = evaluate_challenger(config_from_args(EvaluateConfig, args), markdown_path=args.markdown)
     return 0 if result.passed else 1

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from components.common import config
+from components.common.checks import Check
 from components.common.errors import RetinaError
 from components.common.model_ref import ModelRef
 from components.evaluate.evaluation import EvaluationResult, compute_metrics
-from components.register.verdicts import Check
 
 log = logging.getLogger(__name__)
 GATE = "evaluate"
@@ -167,7 +167,7 @@ def compare_models(cfg: EvaluateConfig) -> Comparison:
 
 def comparison_markdown(comparison: Comparison) -> str:
     """Side-by-side table (every scalar metric, both models) under the gate's verdict table."""
-    from components.register.verdicts import markdown_table
+    from components.common.checks import markdown_table
 
     ours = comparison.challenger.result.scalar_metrics()
     theirs = comparison.champion.result.scalar_metrics() if comparison.champion else {}
@@ -209,8 +209,8 @@ def evaluate_challenger(cfg: EvaluateConfig, artifacts: dict[str, Any] | None = 
     `artifacts` holds the KFP outputs `challenger_metrics`, `challenger_classification`,
     `champion_metrics`, `champion_classification` (duck-typed, so this module imports no KFP).
     """
+    from components.common.checks import write_markdown
     from components.evaluate.evaluation import write_kfp_metrics
-    from components.register.verdicts import write_markdown
 
     comparison = compare_models(cfg)
     artifacts = artifacts or {}

@@ -52,8 +52,8 @@ def evaluate_challenger(
     """Challenger and the current champion on the same split; floors and the comparison decide `passed`."""
     from collections import namedtuple
 
+    from components.common.checks import checks_json
     from components.evaluate.comparison import EvaluateConfig, evaluate_challenger
-    from components.register.verdicts import checks_json
 
     cfg = EvaluateConfig(modality=modality, data_uri=data_uri, challenger_uri=challenger_uri,
                          champion_uri=champion_uri, split=split, metric=metric, margin=margin, floors=floors)

@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 
 from components.common import storage
+from components.common.checks import Check
 from components.common.model_ref import ModelRef
 from components.explain.explanation import DEFAULT_METHODS, ExplainResult
-from components.register.verdicts import Check
 
 log = logging.getLogger(__name__)
 GATE = "explain"
@@ -97,8 +97,8 @@ def drift_check(cfg: ExplainGateConfig) -> Check:
 def explain_candidate(cfg: ExplainGateConfig, html_path: str | None = None,
                       markdown_path: str | None = None) -> tuple[ExplainResult, list[Check]]:
     """Publish (or find) the challenger's report, then its gate checks and the drift check."""
+    from components.common.checks import markdown_table, write_markdown
     from components.explain.explanation import explain_images
-    from components.register.verdicts import markdown_table, write_markdown
 
     result = published_report(cfg.model_uri, cfg.reports_uri, cfg.run_name)
     if result is None:

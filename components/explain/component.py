@@ -67,8 +67,8 @@ def explain_challenger(
 ) -> NamedTuple("ExplainGate", passed=bool, checks=str, report_uri=str, drift_ssim=float):
     """The challenger's report (published either way), its faithfulness gate and the Grad-CAM drift vs the
     champion as checks; parameters come from `ExplainGateConfig` through the pipeline signature."""
+    from components.common.checks import all_passed, checks_json
     from components.explain.candidate import ExplainGateConfig, explain_candidate
-    from components.register.verdicts import all_passed, checks_json
 
     cfg = ExplainGateConfig(model_uri=model_uri, images_uri=images_uri, reports_uri=reports_uri, run_name=run_name,
                             champion_uri=champion_uri, methods=methods, max_images=max_images, thresholds=thresholds,

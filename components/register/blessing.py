@@ -13,25 +13,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from components.common import config
+from components.common.checks import Check, all_passed
 from components.common.errors import RetinaError
 from components.common.model_ref import ModelRef
-from components.register.verdicts import (
-    TAG_BLESSED,
-    TAG_BLESSED_AT,
-    TAG_ROLLED_BACK,
-    Check,
-    all_passed,
-    version_tags,
-)
 
 log = logging.getLogger(__name__)
+TAG_PREFIX = "gate."
+TAG_BLESSED = "retina.blessed"
+TAG_BLESSED_AT = "retina.blessed_at"
+TAG_ROLLED_BACK = "retina.rolled_back"
 TAG_PREVIOUS = "retina.previous_champion"
 TAG_REASON = "retina.promotion_reason"
 TAG_DECISION = "retina.promotion"
+
+
+def version_tags(checks: Iterable[Check]) -> dict[str, str]:
+    """`gate.<gate>.<name>` -> `value op threshold: PASS|FAIL (note)` for the MLflow model version."""
+    return {f"{TAG_PREFIX}{c.gate}.{c.name}": c.describe()[:4900] for c in checks}
 
 
 class RollbackError(RetinaError):

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from components.register.step_config import add_config_arguments
+    from components.common.step_config import add_config_arguments
     from components.validate.validation import ValidateConfig
 
     p = subparsers.add_parser(
@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.register.step_config import config_from_args
-    from components.register.verdicts import all_passed
+    from components.common.checks import all_passed
+    from components.common.step_config import config_from_args
     from components.validate.validation import ValidateConfig, validate_candidate
 
     result = validate_candidate(config_from_args(ValidateConfig, args), markdown_path=args.markdown)

@@ -25,7 +25,7 @@ def validate(
     verdict: Output[Markdown],
 ) -> NamedTuple("ValidateOutputs", [("passed", bool), ("checks", str), ("staged_uri", str)]):
     """Export with warmup records, stage, load in a private model server, compare served vs in-process."""
-    from components.register.verdicts import all_passed, checks_json
+    from components.common.checks import all_passed, checks_json
     from components.validate.validation import ValidateConfig, validate_candidate
 
     cfg = ValidateConfig(model_uri=model_uri, data_uri=data_uri, raw_data_uri=raw_data_uri, staging_uri=staging_uri,

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from components.common import storage
+from components.common.checks import Check
 from components.common.model_ref import ModelRef
-from components.register.verdicts import Check
 
 log = logging.getLogger(__name__)
 GATE = "validate"
@@ -187,8 +187,8 @@ def private_server_checks(staged_uri: str, exported: Path, cfg: ValidateConfig, 
 def validate_candidate(cfg: ValidateConfig, markdown_path: str | None = None) -> Validation:
     """Export, stage, load privately, compare; returns the staged URI and the checks (nothing raises on a
     failed check: the verdict goes to push and to the step's Markdown)."""
+    from components.common.checks import markdown_table, write_markdown
     from components.common.model_store import load_model
-    from components.register.verdicts import markdown_table, write_markdown
 
     ref = ModelRef.parse(cfg.model_uri).pinned()
     model, info = load_model(str(ref))

@@ -84,8 +84,8 @@ def test_a_killed_upload_is_invisible_and_the_retry_replaces_it(tiny_model_dir, 
 def test_rollback_restores_champion_and_stable(stack, register_challenger_version, make_model_dir, exported,
                                                model_name, tmp_path, capsys):
     from components.cli import main
+    from components.common.checks import Check
     from components.deploy.push import PushConfig, bless_and_push
-    from components.register.verdicts import Check
     from serving.model_repository import read_models_config
 
     base = str(tmp_path / "repo")

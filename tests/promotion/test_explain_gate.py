@@ -23,7 +23,7 @@ def _gate(model_dir, folder, reports, run_name="r1"):
 
 
 def test_randomized_weights_challenger_fails_the_explanation_gate(planted_models, lesion_folder, tmp_path) -> None:
-    from components.register.verdicts import all_passed
+    from components.common.checks import all_passed
 
     _, trained = _gate(planted_models["trained"], lesion_folder, tmp_path / "reports", "trained")
     result, randomized = _gate(planted_models["randomized"], lesion_folder, tmp_path / "reports", "randomized")

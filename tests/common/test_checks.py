@@ -7,13 +7,12 @@ import math
 
 import pytest
 
-from components.register.verdicts import (
+from components.common.checks import (
     Check,
     all_passed,
     checks_json,
     markdown_table,
     parse_checks,
-    version_tags,
 )
 
 
@@ -34,9 +33,8 @@ def test_round_trip_recomputes_a_tampered_verdict() -> None:
     assert not all_passed(parsed) and not all_passed([])
 
 
-def test_tags_and_markdown_show_value_threshold_and_verdict() -> None:
+def test_markdown_shows_value_threshold_and_verdict() -> None:
     checks = [Check.compare("explain", "randomization_ssim", 0.91, "<=", 0.5, "maps ignore the weights")]
-    assert version_tags(checks) == {"gate.explain.randomization_ssim": "0.91 <= 0.5: FAIL (maps ignore the weights)"}
     table = markdown_table("explain", checks)
     assert "**FAIL**" in table and "| explain | randomization_ssim | 0.91 | <= 0.5 | FAIL |" in table
 

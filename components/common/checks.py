@@ -1,8 +1,8 @@
 """One check that can stop a model: its value, threshold and verdict, written where people look.
 
 Every gate step (evaluate, explain, validate) returns its checks as JSON (`checks_json`); the push step
-reads them back (`parse_checks`), writes each one as a tag on the MLflow model version (`version_tags`)
-and moves `champion` / `stable` only when all of them passed (`all_passed`). The Markdown table
+reads them back (`parse_checks`), writes each one as a tag on the MLflow model version
+(`components.register.blessing`) and moves `champion` / `stable` only when all of them passed (`all_passed`). The Markdown table
 (`markdown_table`) is what each step shows in the Kubeflow UI. TFX's Evaluator writes a BLESSED /
 NOT_BLESSED marker per model; here the blessing is spelled out per check so a reviewer sees which
 number stopped a model and by how much.
@@ -18,10 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-TAG_PREFIX = "gate."
-TAG_BLESSED = "retina.blessed"
-TAG_BLESSED_AT = "retina.blessed_at"
-TAG_ROLLED_BACK = "retina.rolled_back"
 
 
 @dataclass(frozen=True)
@@ -89,11 +85,6 @@ def parse_checks(text: str) -> list[Check]:
 def all_passed(checks: Sequence[Check]) -> bool:
     """No checks at all is not a blessing: a gate that did not run cannot pass."""
     return bool(checks) and all(c.passed for c in checks)
-
-
-def version_tags(checks: Iterable[Check]) -> dict[str, str]:
-    """`gate.<gate>.<name>` -> `value op threshold: PASS|FAIL (note)` for the MLflow model version."""
-    return {f"{TAG_PREFIX}{c.gate}.{c.name}": c.describe()[:4900] for c in checks}
 
 
 def markdown_table(title: str, checks: Sequence[Check], footer: str = "") -> str:
