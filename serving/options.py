@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,42 +96,39 @@ def _add(parser: argparse.ArgumentParser, name: str, kind: Any, default: Any, he
         parser.add_argument(*spellings, dest=name, type=kind, default=default, help=help_text)
 
 
+# What each TF Serving flag does, in `--help` order; its type and default are ServerOptions' field's.
+_FLAG_HELP: dict[str, str] = {
+    "port": "gRPC port (0 picks a free one)",
+    "host": "bind address (not a TF Serving flag; it binds all: use 0.0.0.0 in a container)",
+    "grpc_socket_path": "also serve gRPC on this Unix socket",
+    "grpc_channel_arguments": "key=value,... gRPC server arguments",
+    "rest_api_port": "REST API port (0: no REST API, as TF Serving)",
+    "rest_api_num_threads": "REST requests run at once",
+    "rest_api_timeout_in_ms": "REST request deadline",
+    "model_config_file": "text ModelServerConfig (local or s3://)",
+    "model_config_file_poll_wait_seconds": "seconds between re-reads of the config file (0: never)",
+    "model_name": "model name with --model_base_path",
+    "model_base_path": "the model's folder of integer versions",
+    "file_system_poll_wait_seconds": "seconds between polls for new versions (0: poll once)",
+    "enable_batching": "merge concurrent requests into one model call",
+    "batching_parameters_file": "text BatchingParameters",
+    "allow_version_labels_for_unavailable_models": "a new label may name a version not loaded yet",
+    "max_num_load_retries": "retries of a failed version load",
+    "load_retry_interval_micros": "wait between load retries",
+    "enable_model_warmup": "replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE",
+    "num_request_iterations_for_warmup": "times each warmup record is replayed (0: once)",
+    "monitoring_config_file": "text MonitoringConfig (Prometheus)",
+    "enable_signature_method_name_check": "Classify/Regress require the signature's method_name",
+    "enable_grpc_healthcheck_service": "serve grpc.health.v1 (always served here)",
+}
+
+
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     """TF Serving's flags (`--name=value`, `--name value`; booleans also bare) plus dashed aliases."""
-    d = ServerOptions()
-    table = [
-        ("port", int, d.port, "gRPC port (0 picks a free one)"),
-        ("host", str, d.host, "bind address (not a TF Serving flag; it binds all: use 0.0.0.0 in a container)"),
-        ("grpc_socket_path", str, d.grpc_socket_path, "also serve gRPC on this Unix socket"),
-        ("grpc_channel_arguments", str, d.grpc_channel_arguments, "key=value,... gRPC server arguments"),
-        ("rest_api_port", int, d.rest_api_port, "REST API port (0: no REST API, as TF Serving)"),
-        ("rest_api_num_threads", int, d.rest_api_num_threads, "REST requests run at once"),
-        ("rest_api_timeout_in_ms", int, d.rest_api_timeout_in_ms, "REST request deadline"),
-        ("model_config_file", str, d.model_config_file, "text ModelServerConfig (local or s3://)"),
-        ("model_config_file_poll_wait_seconds", float, d.model_config_file_poll_wait_seconds,
-         "seconds between re-reads of the config file (0: never)"),
-        ("model_name", str, d.model_name, "model name with --model_base_path"),
-        ("model_base_path", str, d.model_base_path, "the model's folder of integer versions"),
-        ("file_system_poll_wait_seconds", float, d.file_system_poll_wait_seconds,
-         "seconds between polls for new versions (0: poll once)"),
-        ("enable_batching", bool, d.enable_batching, "merge concurrent requests into one model call"),
-        ("batching_parameters_file", str, d.batching_parameters_file, "text BatchingParameters"),
-        ("allow_version_labels_for_unavailable_models", bool, d.allow_version_labels_for_unavailable_models,
-         "a new label may name a version not loaded yet"),
-        ("max_num_load_retries", int, d.max_num_load_retries, "retries of a failed version load"),
-        ("load_retry_interval_micros", int, d.load_retry_interval_micros, "wait between load retries"),
-        ("enable_model_warmup", bool, d.enable_model_warmup,
-         "replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE"),
-        ("num_request_iterations_for_warmup", int, d.num_request_iterations_for_warmup,
-         "times each warmup record is replayed (0: once)"),
-        ("monitoring_config_file", str, d.monitoring_config_file, "text MonitoringConfig (Prometheus)"),
-        ("enable_signature_method_name_check", bool, d.enable_signature_method_name_check,
-         "Classify/Regress require the signature's method_name"),
-        ("enable_grpc_healthcheck_service", bool, d.enable_grpc_healthcheck_service,
-         "serve grpc.health.v1 (always served here)"),
-    ]
-    for name, kind, default, help_text in table:
-        _add(parser, name, kind, default, help_text)
+    kinds = typing.get_type_hints(ServerOptions)
+    defaults = ServerOptions()
+    for name, help_text in _FLAG_HELP.items():
+        _add(parser, name, kinds[name], getattr(defaults, name), help_text)
     for name, default in IGNORED_FLAGS.items():
         kind = bool if isinstance(default, bool) else type(default)
         _add(parser, name, kind, None, argparse.SUPPRESS)
