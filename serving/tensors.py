@@ -14,37 +14,42 @@ the server nothing but an INVALID_ARGUMENT / RESOURCE_EXHAUSTED answer.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from serving.status import ServingStatus, invalid_argument
 
-# DataType enum values (tensorflow/core/framework/types.proto) -> numpy dtype and the typed value field.
-_DTYPES: dict[int, tuple[Any, str]] = {
-    1: (np.float32, "float_val"),
-    2: (np.float64, "double_val"),
-    3: (np.int32, "int_val"),
-    4: (np.uint8, "int_val"),
-    5: (np.int16, "int_val"),
-    6: (np.int8, "int_val"),
-    7: (object, "string_val"),
-    8: (np.complex64, "scomplex_val"),
-    9: (np.int64, "int64_val"),
-    10: (np.bool_, "bool_val"),
-    17: (np.uint16, "int_val"),
-    18: (np.complex128, "dcomplex_val"),
-    19: (np.float16, "half_val"),
-    22: (np.uint32, "uint32_val"),
-    23: (np.uint64, "uint64_val"),
+
+class _DType(NamedTuple):
+    name: str  # TensorFlow's short name, as its error messages print it
+    numpy: Any
+    field: str  # the TensorProto's typed value field
+
+
+# DataType enum values (tensorflow/core/framework/types.proto).
+_DTYPES: dict[int, _DType] = {
+    1: _DType("float", np.float32, "float_val"),
+    2: _DType("double", np.float64, "double_val"),
+    3: _DType("int32", np.int32, "int_val"),
+    4: _DType("uint8", np.uint8, "int_val"),
+    5: _DType("int16", np.int16, "int_val"),
+    6: _DType("int8", np.int8, "int_val"),
+    7: _DType("string", object, "string_val"),
+    8: _DType("complex64", np.complex64, "scomplex_val"),
+    9: _DType("int64", np.int64, "int64_val"),
+    10: _DType("bool", np.bool_, "bool_val"),
+    17: _DType("uint16", np.uint16, "int_val"),
+    18: _DType("complex128", np.complex128, "dcomplex_val"),
+    19: _DType("half", np.float16, "half_val"),
+    22: _DType("uint32", np.uint32, "uint32_val"),
+    23: _DType("uint64", np.uint64, "uint64_val"),
 }
-_BY_NUMPY = {np.dtype(t): code for code, (t, _) in _DTYPES.items() if t is not object}
+_BY_NUMPY = {np.dtype(d.numpy): code for code, d in _DTYPES.items() if d.numpy is not object}
 DT_STRING = 7
 DT_FLOAT = 1
 
-DTYPE_NAMES = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-               8: "complex64", 9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128",
-               19: "half", 22: "uint32", 23: "uint64"}
+DTYPE_NAMES = {code: d.name for code, d in _DTYPES.items()} | {14: "bfloat16"}  # bfloat16: named, not decoded
 
 
 def dtype_name(code: int) -> str:
@@ -55,7 +60,7 @@ def dtype_name(code: int) -> str:
 def numpy_dtype(code: int) -> Any:
     if int(code) not in _DTYPES:
         raise invalid_argument(f"tensor dtype {dtype_name(code)} is not supported")
-    return _DTYPES[int(code)][0]
+    return _DTYPES[int(code)].numpy
 
 
 def declared_shape(proto: Any, name: str) -> tuple[int, ...]:
@@ -98,7 +103,7 @@ def to_array(proto: Any, name: str, max_bytes: int) -> np.ndarray:
     """A TensorProto as a numpy array, refused before allocation when it declares too much."""
     dims = check_declared_size(proto, name, max_bytes)
     code = int(proto.dtype)
-    dtype, field = _DTYPES[code]
+    _, dtype, field = _DTYPES[code]
     count = math.prod(dims)
     if dtype is object:
         array = np.empty(count, dtype=object)
@@ -155,7 +160,7 @@ def from_array(value: Any, proto: Any = None, as_content: bool = True) -> Any:
     if as_content:
         proto.tensor_content = flat.tobytes()
         return proto
-    field = _DTYPES[code][1]
+    field = _DTYPES[code].field
     if field == "half_val":
         getattr(proto, field).extend(flat.ravel().view(np.uint16).tolist())
     elif field in ("scomplex_val", "dcomplex_val"):
