@@ -81,14 +81,16 @@ def interleaved(calls: dict, n: int) -> dict[str, list[float]]:
     return times
 
 
-def start_server(path: Path, batching: bool) -> tuple[object, int, int]:
+def start_server(path: Path, batching: bool, clients: int = 16) -> tuple[object, int, int]:
     """`retina serve` as its own process (components.common.processes); returns (process, gRPC, REST port)."""
     from components.common.processes import ManagedProcess, free_port
 
     port = free_port()
     rest = free_port(taken=[port])
     args = [f"--port={port}", f"--rest_api_port={rest}", f"--model_base_path={path / 'mlp'}", "--model_name=mlp",
-            "--file_system_poll_wait_seconds=0"]
+            "--file_system_poll_wait_seconds=0",
+            # TF Serving's default is 4 gRPC threads per core (8 here): room for every client's call at once
+            f"--grpc_max_threads={max(8, 2 * clients)}"]
     monitoring = path / "monitoring.txt"
     monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
     args.append(f"--monitoring_config_file={monitoring}")
@@ -203,7 +205,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
     x = np.random.default_rng(1).random((1, args.width), dtype=np.float32)
     local_version = in_process(work)
 
-    proc, port, rest = start_server(work, batching=False)
+    proc, port, rest = start_server(work, batching=False, clients=args.clients)
     try:
         stub, req = grpc_stub(f"127.0.0.1:{port}"), request(x)
         body = json.dumps({"instances": x.tolist()}).encode()
@@ -217,7 +219,7 @@ def measure(work: Path, args: argparse.Namespace) -> None:
         off, off_errors = load_test(port, x, args.clients, args.seconds)
     finally:
         proc.stop()
-    proc, port, rest = start_server(work, batching=True)
+    proc, port, rest = start_server(work, batching=True, clients=args.clients)
     try:
         on, on_errors = load_test(port, x, args.clients, args.seconds)
         rows_per_call = mean_batch_size(rest)

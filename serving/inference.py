@@ -99,7 +99,9 @@ def batchable(inputs: dict[str, np.ndarray]) -> bool:
     return bool(inputs) and None not in sizes and len(sizes) == 1
 
 
-def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool) -> Any:
+def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_content: bool = False) -> Any:
+    """TF Serving's Predict; outputs in the typed `*_val` field (TF Serving's default) or, with
+    `--enable_serialization_as_tensor_content`, as `tensor_content` bytes."""
     from tensorflow_serving.apis import predict_pb2
 
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -112,7 +114,7 @@ def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool) -> 
     response = predict_pb2.PredictResponse()
     _set_spec(response.model_spec, lv, signature_name)
     for alias in aliases:
-        tensors.from_array(outputs[alias], response.outputs[alias], as_content=False)
+        tensors.from_array(outputs[alias], response.outputs[alias], as_content=as_content)
     return response
 
 

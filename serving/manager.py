@@ -28,7 +28,7 @@ from typing import Any
 
 from components.common import storage
 from serving import model_repository as repo
-from serving.options import BatchingParameters, ServerOptions
+from serving.options import BatchingParameters, ServerOptions, read_session_config, saved_model_tags
 from serving.servable import LoadedVersion, load_session, read_warmup_records
 from serving.status import ServingStatus, failed_precondition, invalid_argument, not_found
 
@@ -66,6 +66,8 @@ class ModelManager:
         self._refresh_lock = threading.Lock()
         self._unloaders: list[threading.Thread] = []
         self.warmup_calls: dict[tuple[str, int], int] = {}
+        self._session_config = read_session_config(options)
+        self._tags = saved_model_tags(options)
         self.apply_config(entries)
 
     # ------------------------------------------------------------ config and polling
@@ -171,7 +173,7 @@ class ModelManager:
         from serving import inference
 
         local = repo.download_version(uri, self._cache_dir)
-        session, meta_graph = load_session(local)
+        session, meta_graph = load_session(local, self._session_config, self._tags)
         lv = LoadedVersion(name, version, local, session, meta_graph, self._batching,
                            on_batch=lambda model, rows: self._on_event(model, "batch", rows, ""))
         if self._options.enable_model_warmup:

@@ -30,17 +30,14 @@ CPUS = os.cpu_count() or 1
 
 # Flags that change how the C++ server uses hardware or other runtimes; accepted, logged, ignored.
 IGNORED_FLAGS: dict[str, Any] = {
-    "rest_api_enable_cors_support": False, "enable_per_model_batching_parameters": False,
+    "enable_per_model_batching_parameters": False,
     "num_load_threads": 0, "num_unload_threads": 0, "flush_filesystem_caches": True,
-    "tensorflow_session_parallelism": 0, "tensorflow_session_config_file": "",
-    "tensorflow_intra_op_parallelism": 0, "tensorflow_inter_op_parallelism": 0,
     "use_alts_credentials": False, "ssl_config_file": "", "platform_config_file": "",
-    "per_process_gpu_memory_fraction": 0.0, "saved_model_tags": "", "grpc_max_threads": 4 * CPUS,
+    "per_process_gpu_memory_fraction": 0.0,
     "remove_unused_fields_from_bundle_metagraph": True, "prefer_tflite_model": False,
     "num_tflite_pools": CPUS, "num_tflite_interpreters_per_pool": 1, "enable_profiler": True,
     "thread_pool_factory_config_file": "", "mixed_precision": "", "skip_initialize_tpu": False,
     "xla_cpu_compilation_enabled": False, "xla_gpu_compilation_enabled": False,
-    "enable_serialization_as_tensor_content": False,
     "force_allow_any_version_labels_for_unavailable_models": False,
 }
 
@@ -71,6 +68,14 @@ class ServerOptions:
     monitoring_config_file: str = ""
     enable_signature_method_name_check: bool = False
     enable_grpc_healthcheck_service: bool = False
+    grpc_max_threads: int = 4 * CPUS
+    rest_api_enable_cors_support: bool = False
+    saved_model_tags: str = ""
+    tensorflow_session_parallelism: int = 0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    tensorflow_session_config_file: str = ""
+    enable_serialization_as_tensor_content: bool = False
     # Not TF Serving flags: a request's declared tensor bytes are capped (see serving.tensors), and the
     # largest gRPC message follows TF Serving's INT_MAX receive limit unless channel arguments say less.
     max_request_tensor_bytes: int = 1 << 30
@@ -120,6 +125,14 @@ _FLAG_HELP: dict[str, str] = {
     "monitoring_config_file": "text MonitoringConfig (Prometheus)",
     "enable_signature_method_name_check": "Classify/Regress require the signature's method_name",
     "enable_grpc_healthcheck_service": "serve grpc.health.v1 (always served here)",
+    "grpc_max_threads": "gRPC calls handled at once",
+    "rest_api_enable_cors_support": "answer CORS preflights and allow any origin on the REST API",
+    "saved_model_tags": "comma-separated tags of the MetaGraph to load (default: serve)",
+    "tensorflow_session_parallelism": "threads of each TF session's intra- and inter-op pools (0: auto)",
+    "tensorflow_intra_op_parallelism": "threads for one op (0: auto; not with --tensorflow_session_parallelism)",
+    "tensorflow_inter_op_parallelism": "ops run at once (0: auto; not with --tensorflow_session_parallelism)",
+    "tensorflow_session_config_file": "text ConfigProto for every session (the parallelism flags apply on top)",
+    "enable_serialization_as_tensor_content": "Predict outputs in tensor_content instead of the typed *_val field",
 }
 
 
@@ -150,7 +163,24 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         raise RetinaError("give --model_config_file, or --model_base_path (with --model_name)")
     if options.model_config_file and options.model_base_path:
         raise RetinaError("give --model_config_file or --model_base_path, not both")
+    check_session_flags(options)
     return options
+
+
+def check_session_flags(options: ServerOptions) -> None:
+    """TF Serving's rule: session parallelism, or intra/inter separately, not all three."""
+    if min(options.tensorflow_session_parallelism, options.tensorflow_intra_op_parallelism,
+           options.tensorflow_inter_op_parallelism) > 0:
+        raise RetinaError("Either configure server_options.tensorflow_session_parallelism or "
+                          "(server_options.tensorflow_intra_op_parallelism, "
+                          "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all.")
+    if options.grpc_max_threads < 1:
+        raise RetinaError(f"--grpc_max_threads must be at least 1, got {options.grpc_max_threads}")
+
+
+def saved_model_tags(options: ServerOptions) -> list[str]:
+    """`--saved_model_tags` split at commas; none given means `serve`, as TF Serving loads."""
+    return [t.strip() for t in options.saved_model_tags.split(",") if t.strip()] or ["serve"]
 
 
 def grpc_server_options(text: str) -> list[tuple[str, Any]]:
@@ -218,6 +248,30 @@ def _parse_text(message_name: str, text: str, source: str) -> Any:
     except text_format.ParseError as exc:
         raise RetinaError(f"Error parsing text-format tensorflow.serving.{message_name} in {source}: {exc}") from exc
     return message
+
+
+def read_session_config(options: ServerOptions) -> Any:
+    """The ConfigProto every TF session gets: `--tensorflow_session_config_file` (text), then the parallelism
+    flags as TF Serving applies them: intra/inter when either is set, else session parallelism (0: auto)."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import config_pb2
+
+    from components.common import storage
+
+    config = config_pb2.ConfigProto()
+    path = options.tensorflow_session_config_file
+    if path:
+        try:
+            text_format.Parse(storage.read_text(path), config)
+        except text_format.ParseError as exc:
+            raise RetinaError(f"Error parsing text-format tensorflow.ConfigProto in {path}: {exc}") from exc
+    if options.tensorflow_intra_op_parallelism > 0 or options.tensorflow_inter_op_parallelism > 0:
+        config.intra_op_parallelism_threads = options.tensorflow_intra_op_parallelism
+        config.inter_op_parallelism_threads = options.tensorflow_inter_op_parallelism
+    elif options.tensorflow_session_parallelism > 0:
+        config.intra_op_parallelism_threads = options.tensorflow_session_parallelism
+        config.inter_op_parallelism_threads = options.tensorflow_session_parallelism
+    return config
 
 
 @dataclass(frozen=True)

@@ -322,8 +322,9 @@ class RestApi:
 
 
 # --------------------------------------------------------------------------- the HTTP server
-def build_app(api: RestApi, num_threads: int, timeout_ms: int, max_body_bytes: int) -> Any:
-    """A Starlette app: one catch-all route, TF Serving's path rules applied by RestApi."""
+def build_app(api: RestApi, num_threads: int, timeout_ms: int, max_body_bytes: int, cors: bool = False) -> Any:
+    """A Starlette app: one catch-all route, TF Serving's path rules applied by RestApi; with `cors`
+    (`--rest_api_enable_cors_support`) Starlette's CORS middleware answers preflights and allows any origin."""
     import anyio
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -356,7 +357,14 @@ def build_app(api: RestApi, num_threads: int, timeout_ms: int, max_body_bytes: i
         return Response(json.dumps(doc), status_code=status, media_type="application/json")
 
     methods = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD"]
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
+    middleware = []
+    if cors:
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"],
+                                     allow_headers=["*"]))
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)], middleware=middleware)
 
 
 class RestServer:

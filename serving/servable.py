@@ -164,15 +164,16 @@ class LoadedVersion:
         return self._closing
 
 
-def load_session(path: Path) -> tuple[Any, Any]:
-    """(session, MetaGraphDef) of the SavedModel at `path` with the `serve` tag, its init ops run."""
+def load_session(path: Path, config: Any = None, tags: list[str] | None = None) -> tuple[Any, Any]:
+    """(session, MetaGraphDef) of the SavedModel at `path` with `tags` (default `serve`), its init ops run;
+    `config` is the session's ConfigProto (`serving.options.read_session_config`)."""
     tf = quiet.import_tensorflow()
     graph = tf.Graph()
     with quiet.captured_stderr():
-        session = tf.compat.v1.Session(graph=graph)
+        session = tf.compat.v1.Session(graph=graph, config=config)
         try:
             with graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.loader.load(session, SAVED_MODEL_TAGS, str(path))
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, tags or SAVED_MODEL_TAGS, str(path))
         except Exception:
             session.close()
             raise

@@ -33,6 +33,7 @@ from serving.metrics import Metrics
 from serving.options import (
     BatchingParameters,
     ServerOptions,
+    check_session_flags,
     grpc_server_options,
     read_batching_parameters,
     read_prometheus_path,
@@ -143,6 +144,7 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
     options = options or _legacy_options(kwargs)
     for name, value in sorted(options.ignored.items()):
         log.warning("flag --%s=%s has no effect in retina serve (accepted for compatibility)", name, value)
+    check_session_flags(options)
     entries = config_entries(options)  # every file is checked before TensorFlow starts
     batching = _batching(options, max_batch_size)
     prometheus_path = read_prometheus_path(options.monitoring_config_file) if options.monitoring_config_file else None
@@ -164,6 +166,9 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
     except ServingStatus as exc:
         shutil.rmtree(cache_dir, ignore_errors=True)
         raise RetinaError(f"model config rejected: {exc.message}") from exc
+    except RetinaError:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
     handlers = Handlers(manager, options, metrics, batching is not None)
     try:
         return _start_endpoints(options, manager, handlers, prometheus_path, channel_options, cache_dir)
@@ -180,7 +185,7 @@ def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Ha
     grpc_options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
     grpc_options = [o for o in grpc_options if o[0] not in dict(channel_options)] + channel_options
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(16, options.rest_api_num_threads),
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.grpc_max_threads,
                                                     thread_name_prefix="retina-grpc"), options=grpc_options)
     health = add_services(server, handlers)
     bound = server.add_insecure_port(f"{_grpc_host(options.host)}:{options.port}")
@@ -195,7 +200,8 @@ def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Ha
         from serving.rest import RestApi, RestServer, build_app
 
         app = build_app(RestApi(handlers, prometheus_path), options.rest_api_num_threads,
-                        options.rest_api_timeout_in_ms, options.max_request_tensor_bytes)
+                        options.rest_api_timeout_in_ms, options.max_request_tensor_bytes,
+                        cors=options.rest_api_enable_cors_support)
         running._rest = RestServer(app, options.host, options.rest_api_port)  # noqa: SLF001
         running.rest_port = running._rest.port  # noqa: SLF001
     server.start()

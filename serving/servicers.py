@@ -57,7 +57,8 @@ class Handlers:
 
     def _Predict(self, request: Any) -> Any:  # noqa: N802 - API names
         return self._on_version(request.model_spec, lambda lv: inference.predict(
-            lv, request, self.options.max_request_tensor_bytes, self.batching))
+            lv, request, self.options.max_request_tensor_bytes, self.batching,
+            as_content=self.options.enable_serialization_as_tensor_content))
 
     def _Classify(self, request: Any) -> Any:  # noqa: N802
         check = self.options.enable_signature_method_name_check
