@@ -161,13 +161,33 @@ def from_array(value: Any, proto: Any = None, as_content: bool = True) -> Any:
         proto.tensor_content = flat.tobytes()
         return proto
     field = _DTYPES[code].field
-    if field == "half_val":
+    packed = _PACKED_FIXED.get(field)
+    if packed is not None and flat.size:
+        # float_val / double_val are packed fixed-width fields: their wire bytes are the little-endian values,
+        # so the field is merged from those bytes instead of appending Python floats one by one.
+        data = flat.astype(packed[1], copy=False).tobytes()
+        proto.MergeFromString(packed[0] + _varint(len(data)) + data)
+    elif field == "half_val":
         getattr(proto, field).extend(flat.ravel().view(np.uint16).tolist())
     elif field in ("scomplex_val", "dcomplex_val"):
         getattr(proto, field).extend(flat.ravel().view(flat.real.dtype).tolist())
     else:
         getattr(proto, field).extend(flat.ravel().tolist())
     return proto
+
+
+# Typed fields whose packed encoding is the raw little-endian values: field -> (wire tag, numpy dtype).
+_PACKED_FIXED = {"float_val": (bytes([5 << 3 | 2]), np.dtype("<f4")),  # TensorProto.float_val = 5
+                 "double_val": (bytes([6 << 3 | 2]), np.dtype("<f8"))}  # TensorProto.double_val = 6
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _as_bytes(value: Any) -> bytes:
