@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -71,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the command's own output;
-    # warnings and errors still show. Steps started from here (kfp local runner, model server) inherit it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ log lines never reach the terminal: importing `components` installed
+    # components.common.quiet (start-up lines captured, TF_CPP_MIN_LOG_LEVEL for this process and the steps
+    # it starts: kfp local runner, model server).
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

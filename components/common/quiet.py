@@ -107,7 +107,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", CPP_MIN_LOG_LEVEL)
         with captured_stderr():
             self._loader.exec_module(module)  # type: ignore[attr-defined]
             # The first device listing probes CUDA and logs the cuInit failure on a CPU-only machine; it
@@ -133,9 +133,17 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
 
 _FINDER = _QuietTensorFlowFinder()
 
+# TF's C++ log threshold for this process and its children (kfp local runner steps, model servers): 3 keeps
+# ERROR lines too off the terminal — Grappler's "layout failed" and oneDNN's "DT_BOOL only with AVX-512"
+# notices are ERROR-level but harmless, and a real failure reaches Python as an exception anyway. A user's
+# own TF_CPP_MIN_LOG_LEVEL (0 shows everything) wins.
+CPP_MIN_LOG_LEVEL = "3"
+
 
 def install() -> None:
-    """Route every later `import tensorflow` of this process through the capture (idempotent)."""
+    """Route every later `import tensorflow` of this process through the capture (idempotent), and set
+    TF's C++ log threshold for this process and its children unless the user set one."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", CPP_MIN_LOG_LEVEL)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 
