@@ -106,13 +106,16 @@ def resolve_model_folder(model_base_path: str, model_name: str) -> str:
     return base
 
 
-def config_entries(options: ServerOptions) -> list[repo.ModelEntry]:
+def config_entries(options: ServerOptions) -> tuple[list[repo.ModelEntry], str | None]:
+    """The models to serve and the config file's text they came from (None without a config file): the
+    poller compares later reads with this text, so a change made while the server starts is not missed."""
     if options.model_config_file:
-        return repo.read_models_config(options.model_config_file)
+        text = storage.read_text(options.model_config_file)
+        return repo.parse_models_config(text, source=str(options.model_config_file)), text
     if not options.model_base_path:
         raise RetinaError("give either a model config file or a model base path (with a model name)")
     name = options.model_name or "default"
-    return [repo.ModelEntry(name=name, base_path=resolve_model_folder(options.model_base_path, name))]
+    return [repo.ModelEntry(name=name, base_path=resolve_model_folder(options.model_base_path, name))], None
 
 
 def _legacy_options(kwargs: dict[str, Any]) -> ServerOptions:
@@ -145,7 +148,7 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
     for name, value in sorted(options.ignored.items()):
         log.warning("flag --%s=%s has no effect in retina serve (accepted for compatibility)", name, value)
     check_session_flags(options)
-    entries = config_entries(options)  # every file is checked before TensorFlow starts
+    entries, config_text = config_entries(options)  # every file is checked before TensorFlow starts
     batching = _batching(options, max_batch_size)
     prometheus_path = read_prometheus_path(options.monitoring_config_file) if options.monitoring_config_file else None
     channel_options = grpc_server_options(options.grpc_channel_arguments)
@@ -171,7 +174,8 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
         raise
     handlers = Handlers(manager, options, metrics, batching is not None)
     try:
-        return _start_endpoints(options, manager, handlers, prometheus_path, channel_options, cache_dir)
+        return _start_endpoints(options, manager, handlers, prometheus_path, channel_options, cache_dir,
+                                config_text)
     except BaseException:
         manager.close()
         shutil.rmtree(cache_dir, ignore_errors=True)
@@ -179,7 +183,8 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
 
 
 def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Handlers,
-                     prometheus_path: str | None, channel_options: list, cache_dir: Path) -> RunningServer:
+                     prometheus_path: str | None, channel_options: list, cache_dir: Path,
+                     config_text: str | None) -> RunningServer:
     import grpc
 
     grpc_options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -207,7 +212,8 @@ def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Ha
     server.start()
     if running._rest is not None:  # noqa: SLF001
         running._rest.start()  # noqa: SLF001
-    running._poller = threading.Thread(target=_poll, args=(options, manager, running._stop_event),  # noqa: SLF001
+    running._poller = threading.Thread(target=_poll,  # noqa: SLF001
+                                       args=(options, manager, running._stop_event, config_text),  # noqa: SLF001
                                        daemon=True, name="retina-version-poller")
     running._poller.start()  # noqa: SLF001
     log.info("serving %s on %s:%d (gRPC)%s", ", ".join(e.name for e in manager.entries()), options.host, bound,
@@ -223,15 +229,16 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else _grpc_host(host)
 
 
-def _poll(options: ServerOptions, manager: ModelManager, stop: threading.Event) -> None:
+def _poll(options: ServerOptions, manager: ModelManager, stop: threading.Event, applied_text: str | None) -> None:
     """Every `file_system_poll_wait_seconds`: new versions and due retries; every
-    `model_config_file_poll_wait_seconds`: a changed config file. 0 polls versions once (TF Serving's
-    rule); any error is logged and the loop goes on."""
+    `model_config_file_poll_wait_seconds`: a config file whose text differs from `applied_text` (what the
+    server started with, not a first read here: a change made meanwhile would go unseen). 0 polls versions
+    once (TF Serving's rule); any error is logged and the loop goes on."""
     version_every = options.file_system_poll_wait_seconds
     config_every = options.model_config_file_poll_wait_seconds if options.model_config_file else 0
     if version_every <= 0 and config_every <= 0:
         return
-    state = {"text": _read_config(options), "rejected": None, "config_at": time.monotonic()}
+    state = {"text": applied_text, "rejected": None, "config_at": time.monotonic()}
     tick = min(x for x in (version_every, config_every) if x > 0)
     while not stop.wait(tick):
         try:
