@@ -107,8 +107,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", CPP_MIN_LOG_LEVEL)
-        with captured_stderr():
+        with captured_stderr():  # install() has set TF_CPP_MIN_LOG_LEVEL already
             self._loader.exec_module(module)  # type: ignore[attr-defined]
             # The first device listing probes CUDA and logs the cuInit failure on a CPU-only machine; it
             # initialises no runtime, so strategies and device settings can still be chosen afterwards.
@@ -149,7 +148,12 @@ def install() -> None:
 
 
 def import_tensorflow() -> Any:
-    """`import tensorflow` with its start-up lines captured (once; later calls are free)."""
+    """`import tensorflow` with its start-up lines captured (once; later calls are a dict lookup, so the
+    server may call this per request)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and "tensorflow.python" in sys.modules and \
+            not getattr(getattr(tf, "__spec__", None), "_initializing", False):  # not still being imported
+        return tf
     install()
     import tensorflow as tf
 
