@@ -11,9 +11,9 @@ ignored by both decoders. JPEGs decode at the DCT scale `PreprocessParams.decode
 (`decode_jpeg(ratio=…)`, the same libjpeg scaling as `cv2.IMREAD_REDUCED_*`); PNGs decode fully and are
 reduced by the same exact block mean.
 
-Fundus: thumbnail by an integer block mean (OpenCV's uint8 rounding: half up for 2×2, half even else) ->
-retina mask -> circle (Kåsa fit, one outlier round) -> bilinear sub-pixel warp at n× the work size, n×n
-block mean -> `image_weight·img + blur_weight·blur + offset` with the blur on a `blur_reduction`-times
+Fundus: thumbnail by integer block means (2×2 first; OpenCV's uint8 rounding: half up for 2×2, half even
+else) -> retina mask -> circle (Kåsa fit, one outlier round) -> Gaussian anti-aliasing of the crop (ratio
+≥ 1.5) -> bilinear sub-pixel warp at n× the work size, n×n block mean -> `image_weight·img + blur_weight·blur + offset` with the blur on a `blur_reduction`-times
 reduced float copy (Gaussian of OpenCV's float kernel size, reflect-101 border, bilinear back up) ->
 rim and outside-the-photo pixels set to `offset` -> resize to `image_size` when `radius` is set.
 OCT: grey (JPEG: the decoder's luma; PNG: OpenCV's fixed-point BT.601) -> square crop on the intensity
@@ -34,7 +34,15 @@ from typing import Any
 
 from components.common.errors import RetinaError
 from components.preprocess import header as policy
-from components.preprocess.params import DCT_FACTORS, PreprocessParams, gaussian_ksize
+from components.preprocess.params import (
+    ANTIALIAS_MIN_RATIO,
+    ANTIALIAS_SIGMA,
+    CANVAS_RATIO,
+    DCT_FACTORS,
+    THUMBNAIL_HALVINGS,
+    PreprocessParams,
+    gaussian_ksize,
+)
 
 THUMBNAIL_SIDE = 512  # components.preprocess.ops.THUMBNAIL_SIDE (ops imports OpenCV; checked by a test)
 
@@ -347,7 +355,7 @@ def _find_retina(image: Any, params: PreprocessParams) -> tuple[Any, Any, Any]:
     shape = tf.shape(image)
     hf, wf = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
     factor = tf.maximum(1, tf.cast(tf.math.ceil(tf.maximum(hf, wf) / THUMBNAIL_SIDE), tf.int32))
-    thumb = area_reduce(image, factor)
+    thumb = _thumbnail(image, factor)
     region = _retina_mask(thumb, params)
     th, tw = tf.shape(region)[0], tf.shape(region)[1]
     tf.debugging.assert_greater_equal(
@@ -377,6 +385,18 @@ def _find_retina(image: Any, params: PreprocessParams) -> tuple[Any, Any, Any]:
         return (wf - 1) / 2, (hf - 1) / 2, tf.maximum(hf, wf) / 2
 
     return tf.cond(full_frame, frame, fitted)
+
+
+def _thumbnail(image: Any, factor: Any) -> Any:
+    """ops.thumbnail: exact 2×2 means while the factor is even (params.thumbnail_steps), then the rest."""
+    import tensorflow as tf
+
+    rest = factor
+    for _ in range(THUMBNAIL_HALVINGS):
+        even = tf.equal(rest % 2, 0)
+        image = tf.cond(even, lambda image=image: area_reduce(image, tf.constant(2)), lambda image=image: image)
+        rest = tf.where(even, rest // 2, rest)
+    return area_reduce(image, rest)
 
 
 def _outline_points(region: Any, th: Any, tw: Any) -> tuple[Any, Any]:
@@ -444,14 +464,36 @@ def _valid_axis(length: Any, scale: Any, shift: Any, out_size: Any) -> Any:
     return (nearest >= 0) & (nearest < tf.cast(length, tf.float64))
 
 
+def _antialias(crop: Any, ratio: Any) -> Any:
+    """params.antialias_kernel applied as ops.crop_and_scale does (cv2.sepFilter2D, reflect-101, uint8
+    rounding): a Gaussian of σ = ANTIALIAS_SIGMA · ratio with round(2σ) taps a side, as 5 taps with zeros
+    outside (the ratio stays < 3.75, so σ < 1.05 and at most 2 taps a side); none below the threshold."""
+    import tensorflow as tf
+
+    def filtered() -> Any:
+        sigma = ANTIALIAS_SIGMA * ratio
+        half = tf.maximum(tf.constant(1.0, tf.float64), tf.floor(2 * sigma + 0.5))
+        offsets = tf.range(-2, 3, dtype=tf.float64)
+        weights = tf.where(tf.abs(offsets) <= half, tf.exp(-(offsets**2) / (2 * sigma * sigma)), 0.0)
+        kernel = tf.cast(weights / tf.reduce_sum(weights), tf.float32)
+        x = tf.pad(crop[tf.newaxis], [[0, 0], [2, 2], [2, 2], [0, 0]], mode="REFLECT")
+        horizontal = tf.tile(tf.reshape(kernel, [1, 5, 1, 1]), [1, 1, 3, 1])
+        vertical = tf.tile(tf.reshape(kernel, [5, 1, 1, 1]), [1, 1, 3, 1])
+        x = tf.nn.depthwise_conv2d(x, horizontal, [1, 1, 1, 1], "VALID")
+        return _round_u8(tf.nn.depthwise_conv2d(x, vertical, [1, 1, 1, 1], "VALID")[0])
+
+    return tf.cond(ratio >= ANTIALIAS_MIN_RATIO, filtered, lambda: tf.identity(crop))
+
+
 def _crop_and_scale(image: Any, cx: Any, cy: Any, circle_r: Any, radius: int) -> tuple[Any, Any]:
-    """ops.crop_and_scale: bilinear warp of the circle's box (+3 px) onto an n-times canvas (n = ⌊2R / size⌋),
-    uint8 rounding, then the n×n block mean down to 2·radius square; `valid` marks the photo's own pixels."""
+    """ops.crop_and_scale: the circle's box (+3 px), low-passed when the warp shrinks by ≥ 1.5, bilinear warp
+    onto an n-times canvas (n = params.canvas_multiple), uint8 rounding, then the n×n block mean down to the
+    2·radius square; `valid` marks the photo's own pixels."""
     import tensorflow as tf
 
     shape = tf.shape(image)
     size = 2 * radius
-    n = tf.maximum(1, tf.cast(tf.floor(2 * circle_r / size), tf.int32))
+    n = tf.maximum(1, tf.cast(tf.floor(2 * circle_r / size / CANVAS_RATIO + 0.5), tf.int32))
     big = n * size
     k = tf.cast(big, tf.float64) / (2 * circle_r)
     x0 = tf.maximum(0, tf.cast(tf.floor(cx - circle_r), tf.int32) - 3)
@@ -460,7 +502,7 @@ def _crop_and_scale(image: Any, cx: Any, cy: Any, circle_r: Any, radius: int) ->
     y1 = tf.minimum(shape[0], tf.cast(tf.math.ceil(cy + circle_r), tf.int32) + 4)
     tf.debugging.assert_greater(x1, x0, message="no retina found (circle outside the frame)")
     tf.debugging.assert_greater(y1, y0, message="no retina found (circle outside the frame)")
-    crop = image[y0:y1, x0:x1]
+    crop = _antialias(image[y0:y1, x0:x1], 1 / k)
     half = (tf.cast(big, tf.float64) - 1) / 2
     bx = (tf.cast(x0, tf.float64) - cx) * k + half
     by = (tf.cast(y0, tf.float64) - cy) * k + half

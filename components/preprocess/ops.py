@@ -11,10 +11,13 @@ top/bottom (EyePACS) or cropped to fill the whole frame, where the middle row is
 border (where the photo, not the retina, ends). `radius_from_middle_row` keeps Graham's estimate as a
 reference.
 
-The steps run at the output scale: from a DCT-reduced decode (`decode.decode_for`) one bilinear warp places
-the retina with sub-pixel accuracy directly at 2·radius (or at an integer multiple, block-averaged down),
-and the Gaussian runs on a copy reduced by `PreprocessParams.blur_reduction` (a σ = 8.5 px blur carries no
+The steps run at the output scale: from a DCT-reduced decode (`decode.decode_for`: 1/2 scale for an
+EyePACS frame and a 512 px output, ≈ 2.5 source px per output px) one bilinear warp places the retina with
+sub-pixel accuracy directly at 2·radius (or at an integer multiple, block-averaged down), after a small
+Gaussian low-pass of the crop (`params.antialias_kernel`: bilinear taps alone alias thin vessels), and the
+Gaussian step runs on a copy reduced by `PreprocessParams.blur_reduction` (a σ = 8.5 px blur carries no
 detail a 4x coarser grid cannot hold). Every step has an exact TF twin in `serving/tf_preprocess.py`.
+`reference_fundus` is the fidelity yardstick: the steps at full resolution, exactly box-averaged.
 
 Geometry is exact to the sub-pixel, and a lesion mask passed to `preprocess_image` goes through the same
 crop/scale/resize (nearest neighbour), so masks stay aligned with the preprocessed image.
@@ -35,7 +38,14 @@ import numpy as np
 
 from components.common.errors import RetinaError
 from components.preprocess.decode import area_reduce
-from components.preprocess.params import DENOISERS, PreprocessParams, gaussian_ksize
+from components.preprocess.params import (
+    DENOISERS,
+    PreprocessParams,
+    antialias_kernel,
+    canvas_multiple,
+    gaussian_ksize,
+    thumbnail_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +92,13 @@ def percentile_u8(image: np.ndarray, q: float) -> float:
 def thumbnail(image: np.ndarray) -> tuple[np.ndarray, int]:
     """(image reduced by the smallest integer factor that brings its long side to ≤ THUMBNAIL_SIDE, factor).
 
-    An integer factor makes the reduction an exact block mean (cheap, and bit-identical in the serving graph)."""
+    An integer factor makes the reduction a block mean (bit-identical in the serving graph), done as exact
+    2×2 means first (`params.thumbnail_steps`: OpenCV's fast path, ~4x cheaper than one 4×4 mean)."""
     factor = max(1, math.ceil(max(image.shape[:2]) / THUMBNAIL_SIDE))
-    return area_reduce(image, factor), factor
+    halvings, rest = thumbnail_steps(factor)
+    for _ in range(halvings):
+        image = area_reduce(image, 2)
+    return area_reduce(image, rest), factor
 
 
 def radius_from_middle_row(image: np.ndarray) -> float:
@@ -177,19 +191,24 @@ def crop_and_scale(
     """Crop the retina's bounding square and scale it so the retina has `radius`; pad where clipped.
 
     Returns (canvas 2r×2r, valid) where `valid` marks canvas pixels that came from the photo (not padding).
-    The sub-pixel placement is one bilinear warp onto a canvas an integer multiple n = ⌊2·R / 2r⌋ of the
-    output (R: the retina radius in the decoded image), then an exact n×n block mean; with the default
-    reduced decode n = 1: the warp runs at the output scale. `nearest=True` (masks) uses nearest neighbour.
+    The sub-pixel placement is one bilinear warp onto a canvas n = `canvas_multiple(ratio)` times the output
+    (ratio: source px per output px; n = 1 up to 3.75), then an exact n×n block mean. A warp that shrinks
+    by ≥ 1.5 first low-passes the crop (`antialias_kernel`): bilinear taps alone alias thin vessels.
+    `nearest=True` (masks) uses nearest neighbour and no filter.
     """
     h, w = image.shape[:2]
     size = 2 * radius
-    n = max(1, int(2 * circle.radius // size))  # integer oversampling of the intermediate canvas
+    n = canvas_multiple(2 * circle.radius / size)
     big = n * size
-    k = big / (2 * circle.radius)  # source -> intermediate scale, in (0.5, 1] unless upscaling
+    k = big / (2 * circle.radius)  # source -> intermediate scale
     x0, y0, x1, y1 = _crop_box(circle, h, w, margin=3)
     crop = image[y0:y1, x0:x1]
     if crop.shape[0] == 0 or crop.shape[1] == 0:
         raise NoRetinaFound("no retina found (circle outside the frame)")
+    taps = antialias_kernel(1 / k)
+    if len(taps) > 1 and not nearest:
+        kernel = np.asarray(taps, np.float32)
+        crop = cv2.sepFilter2D(crop, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
     # pixel-centre coordinates: u_big = (u_img − c)·k + (big − 1)/2, with u_img = u_crop + x0
     matrix = np.array(
         [[k, 0.0, (x0 - circle.cx) * k + (big - 1) / 2], [0.0, k, (y0 - circle.cy) * k + (big - 1) / 2]]
@@ -293,31 +312,57 @@ def preprocess_fundus(image: np.ndarray, params: PreprocessParams, mask: np.ndar
 
 
 def reference_fundus(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """The naive baseline: Graham's steps at the photo's full resolution, then one resize at the end.
+    """The fidelity reference: Graham's steps at the photo's full resolution, in float, then each output pixel
+    the exact mean of the full-resolution result over its square (box integration with the retina's
+    sub-pixel centre and radius: no rounded crop, no resampling kernel of its own).
 
-    Used by the benchmark and the parity tests; the project path (`preprocess_fundus` on a reduced decode)
-    must match it within PSNR ≥ 35 dB while doing the blur on a far smaller image.
+    Used by the benchmark and the tests; the project path (`preprocess_fundus` on a reduced decode) must
+    match it within PSNR ≥ 35 dB while doing the work on a far smaller image. (The former reference cropped
+    at whole pixels and resized with INTER_AREA: its own geometry was up to half a full-resolution pixel
+    off, which alone held a perfect full-resolution path to ~36 dB on sharp photos.)
     """
     circle = find_retina(image, params)
     h, w = image.shape[:2]
     r = circle.radius
-    side = max(1, round(2 * r))
-    x0, y0 = round(circle.cx - (side - 1) / 2), round(circle.cy - (side - 1) / 2)
-    canvas = np.zeros((side, side, 3), np.uint8)
-    valid = np.zeros((side, side), bool)
-    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    margin = math.ceil(4 * params.sigma_ratio * r) + 2  # the blur's reach: the crop edge never shows inside
+    x0, y0 = math.floor(circle.cx - r) - margin, math.floor(circle.cy - r) - margin
+    x1, y1 = math.ceil(circle.cx + r) + margin + 1, math.ceil(circle.cy + r) + margin + 1
+    canvas = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+    photo = np.zeros((y1 - y0, x1 - x0), np.float32)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    valid[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = True
-    # float throughout: the full-resolution result is resized before it is rounded and clipped, so the
-    # reference is the ideal "steps at full resolution", not an artefact of saturating 4x amplified pixels
-    work = canvas.astype(np.float32)
-    blurred = cv2.GaussianBlur(work, (0, 0), params.sigma_ratio * r)
-    out = cv2.addWeighted(work, params.image_weight, blurred, params.blur_weight, params.offset)
+    photo[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = 1.0
+    blurred = cv2.GaussianBlur(canvas, (0, 0), params.sigma_ratio * r)
+    graham = cv2.addWeighted(canvas, params.image_weight, blurred, params.blur_weight, params.offset)
     size = 2 * params.work_radius
-    out = np.clip(np.rint(resize_to(out, size)), 0, 255).astype(np.uint8)
-    out = remove_rim(out, params.rim_fraction * params.work_radius, params.offset,
-                     resize_to(valid.astype(np.uint8), size, nearest=True) > 0)
+    # output pixel j covers [left + j·step, left + (j + 1)·step) in edge coordinates (pixel i spans [i, i+1))
+    step = 2 * r / size
+    left_x, left_y = circle.cx + 0.5 - r - x0, circle.cy + 0.5 - r - y0
+
+    def box(a: np.ndarray) -> np.ndarray:
+        rows = _box_resample(a, left_y, step, size)
+        return np.moveaxis(_box_resample(np.moveaxis(rows, 1, 0), left_x, step, size), 0, 1)
+
+    out = np.ascontiguousarray(np.clip(np.rint(box(graham)), 0, 255).astype(np.uint8))
+    valid = box(photo) >= 0.5  # at least half the output pixel lies on the photo
+    out = remove_rim(out, params.rim_fraction * params.work_radius, params.offset, valid)
     return resize_to(out, params.image_size)
+
+
+def _box_resample(a: np.ndarray, start: float, step: float, count: int) -> np.ndarray:
+    """Along axis 0: the mean of `a` (piecewise constant, zero outside) over [start + j·step, start + (j+1)·step)
+    for j < count, exactly, from the running sum (float64)."""
+    length = a.shape[0]
+    running = np.concatenate([np.zeros((1, *a.shape[1:])), np.cumsum(a, axis=0, dtype=np.float64)])
+
+    def integral(edges: np.ndarray) -> np.ndarray:
+        edges = np.clip(edges, 0, length)
+        index = np.minimum(np.floor(edges).astype(np.int64), length - 1)
+        frac = (edges - index).reshape(-1, *([1] * (a.ndim - 1)))
+        return running[index] + frac * a[index]
+
+    edges = start + step * np.arange(count + 1)
+    return (integral(edges[1:]) - integral(edges[:-1])) / step
 
 
 def _mask_on(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -30,8 +30,9 @@ def test_header_gives_size_without_decoding(big_retina_jpeg, encode):
 def test_reduction_is_the_largest_that_stays_above_target():
     assert reduction_factor(3888, 2592, 512, margin=2.2) == 2  # 1296 >= 2.2·512 > 648
     assert reduction_factor(3888, 2592, 128) == 4  # 1/8 (DC only) is never used
-    assert reduction_factor(3888, 2592, 512) == 4  # the default decode_oversample 1.15: 648 >= 1.15·512
-    assert PreprocessParams().decode_reduction(3888, 2592) == 4
+    assert reduction_factor(3888, 2592, 512) == 2  # the default decode_oversample 2.0: 1296 >= 2·512 > 648
+    assert reduction_factor(3888, 2592, 512, margin=1.15) == 4  # 648 >= 1.15·512
+    assert PreprocessParams().decode_reduction(3888, 2592) == 2
     assert PreprocessParams(reduced_decode=False).decode_reduction(3888, 2592) == 1
     assert reduction_factor(300, 200, 512) == 1
     assert reduction_factor(3888, 2592, None) == 1
@@ -93,19 +94,20 @@ def test_huge_image_is_rejected_from_its_header():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["real", "synthetic-grade-1", "synthetic-grade-4"])
+@pytest.mark.parametrize("source", ["real", "synthetic-1", "synthetic-2", "synthetic-4", "synthetic-5"])
 def test_default_512px_output_on_eyepacs_sized_frames_matches_the_reference(source, retina_rgb, encode):
     """The issue's bound at the default size, on 3888x2592 JPEGs: PSNR >= 35 dB against Graham's steps on
     the full decode, over the frame and inside the retina (synthetic photos are the harder case: sharp
-    vessels and small lesions)."""
+    vessels and small lesions). Seeds 2 and 5 are the sharpest: from the 1/4 DCT decode (the former default)
+    their retina region scored 34.2 and 33.6 dB; from the 1/2 decode 39.6 and 39.3 dB."""
     from infra.local.synthetic import render_fundus
 
     if source == "real":
         frame = np.zeros((2592, 3888, 3), np.uint8)
         frame[:, 648:3240] = cv2.resize(retina_rgb, (2592, 2592), interpolation=cv2.INTER_CUBIC)
     else:  # the generator draws a whole photo (retina on a wider black frame), as a camera does
-        grade = int(source.rsplit("-", 1)[1])
-        photo = render_fundus(grade, np.random.default_rng(grade), size=2592)[0]
+        seed = int(source.rsplit("-", 1)[1])
+        photo = render_fundus(seed % 5, np.random.default_rng(seed), size=2592)[0]
         frame = cv2.resize(photo, (3888, 2592), interpolation=cv2.INTER_CUBIC) if photo.shape[:2] != (2592, 3888) \
             else photo
     data = encode.jpeg(frame)

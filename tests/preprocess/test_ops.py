@@ -187,3 +187,18 @@ def test_bad_parameter_overrides_name_the_problem(overrides, problem):
 
     with pytest.raises(RetinaError, match=problem):
         PreprocessParams.with_overrides("fundus", 128, overrides)
+
+
+def test_the_reference_box_resampling_is_exact_area_averaging():
+    """`reference_fundus` averages each output pixel's exact square: OpenCV's INTER_AREA where the grid is
+    aligned, the hand-computed coverage where it is not (sub-pixel start), zeros outside the image."""
+    from components.preprocess.ops import _box_resample
+
+    a = np.random.default_rng(3).random((100, 7))
+    aligned = cv2.resize(a, (7, 40), interpolation=cv2.INTER_AREA)  # 2.5 rows per output row
+    np.testing.assert_allclose(_box_resample(a, 0.0, 2.5, 40), aligned, atol=1e-6)
+    shifted = _box_resample(a, 0.5, 2.0, 3)
+    np.testing.assert_allclose(shifted[0], (0.5 * a[0] + a[1] + 0.5 * a[2]) / 2)
+    np.testing.assert_allclose(shifted[2], (0.5 * a[4] + a[5] + 0.5 * a[6]) / 2)
+    outside = _box_resample(a, -1.0, 2.0, 1)  # half of the square lies above the image: counts as zero
+    np.testing.assert_allclose(outside[0], a[0] / 2)
