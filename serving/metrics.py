@@ -9,8 +9,9 @@ runtime latency, the batch sizes actually run, and load attempts, in the text ex
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
-from collections import defaultdict
 
 # Microsecond buckets: TF Serving's request latency uses exponential buckets (10 us x 1.8^i).
 LATENCY_BUCKETS = tuple(round(10 * 1.8 ** i) for i in range(33))
@@ -29,27 +30,77 @@ _HELP = {
 }
 
 
+class Counter:
+    """One counter cell (a name with one set of labels); `add` is what a request pays."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self, lock: threading.Lock):
+        self._lock = lock
+        self.value = 0.0
+
+    def add(self, value: float = 1.0) -> None:
+        with self._lock:
+            self.value += value
+
+
+class Histogram:
+    """One histogram cell. A value lands in one bucket (found by bisection); the exposition's cumulative
+    `le` counts are summed when the page is rendered, not on every observation."""
+
+    __slots__ = ("_lock", "buckets", "counts", "total", "count")
+
+    def __init__(self, lock: threading.Lock, buckets: tuple):
+        self._lock = lock
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last slot: above every bound (+Inf only)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.buckets, value)  # the first bound >= value, as `le` means
+        with self._lock:
+            self.counts[index] += 1
+            self.total += value
+            self.count += 1
+
+    def cumulative(self) -> list[int]:
+        return list(itertools.accumulate(self.counts[:-1]))
+
+
 class Metrics:
-    """A small thread-safe registry: counters and histograms keyed by (name, labels)."""
+    """A small thread-safe registry: counter and histogram cells keyed by (name, labels).
+
+    `counter()` / `histogram()` return the cell itself, so a caller on a hot path (the request handlers)
+    looks a cell up once and keeps it; `count()` / `observe()` look it up each call."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[tuple, float] = defaultdict(float)
-        self._histograms: dict[tuple, list] = {}
+        self._counters: dict[tuple, Counter] = {}
+        self._histograms: dict[tuple, Histogram] = {}
+
+    def counter(self, name: str, **labels: str) -> Counter:
+        key = (name, tuple(sorted(labels.items())))
+        cell = self._counters.get(key)
+        if cell is None:
+            with self._lock:
+                cell = self._counters.setdefault(key, Counter(self._lock))
+        return cell
+
+    def histogram(self, name: str, buckets: tuple = LATENCY_BUCKETS, **labels: str) -> Histogram:
+        """The cell of `name` with these labels; its buckets are fixed by the first caller."""
+        key = (name, tuple(sorted(labels.items())))
+        cell = self._histograms.get(key)
+        if cell is None:
+            with self._lock:
+                cell = self._histograms.setdefault(key, Histogram(self._lock, tuple(buckets)))
+        return cell
 
     def count(self, name: str, value: float = 1.0, **labels: str) -> None:
-        with self._lock:
-            self._counters[(name, tuple(sorted(labels.items())))] += value
+        self.counter(name, **labels).add(value)
 
     def observe(self, name: str, value: float, buckets: tuple = LATENCY_BUCKETS, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            cell = self._histograms.setdefault(key, [buckets, [0] * len(buckets), 0.0, 0])
-            for i, bound in enumerate(cell[0]):
-                if value <= bound:
-                    cell[1][i] += 1
-            cell[2] += value
-            cell[3] += 1
+        self.histogram(name, buckets, **labels).observe(value)
 
     def request(self, model: str, api: str, entrypoint: str, status: str, micros: float) -> None:
         """One answered request: the count by status always, the latency when it succeeded (as TF Serving)."""
@@ -61,8 +112,8 @@ class Metrics:
     def render(self) -> str:
         """The Prometheus text exposition of everything recorded so far."""
         with self._lock:
-            counters = dict(self._counters)
-            histograms = {k: (v[0], list(v[1]), v[2], v[3]) for k, v in self._histograms.items()}
+            counters = {k: c.value for k, c in self._counters.items()}
+            histograms = {k: (h.buckets, h.cumulative(), h.total, h.count) for k, h in self._histograms.items()}
         lines: list[str] = []
         names = sorted({k[0] for k in counters} | {k[0] for k in histograms} | set(_HELP))
         for name in names:

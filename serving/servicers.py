@@ -14,7 +14,7 @@ from typing import Any
 from serving import inference
 from serving import model_repository as repo
 from serving.manager import ModelManager
-from serving.metrics import Metrics
+from serving.metrics import Counter, Histogram, Metrics
 from serving.options import ServerOptions
 from serving.status import CODES, ServingStatus, invalid_argument
 
@@ -29,31 +29,44 @@ class Handlers:
         self.options = options
         self.metrics = metrics
         self.batching = batching
+        # Metric cells of answered requests, looked up once per (model, API, entrypoint) / model.
+        self._ok_cells: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._runtime_cells: dict[str, Histogram] = {}
 
     def call(self, api: str, request: Any, entrypoint: str = "GRPC") -> Any:
         start = time.perf_counter()
-        model = getattr(getattr(request, "model_spec", None), "name", "") or (
-            request.tasks[0].model_spec.name if api == "MultiInference" and request.tasks else "")
-        status = "OK"
         try:
-            return getattr(self, "_" + api)(request)
+            response = getattr(self, "_" + api)(request)
         except ServingStatus as exc:
-            status = exc.code_name
+            self.metrics.request(_model_name(api, request), api, entrypoint, exc.code_name, 0.0)
             raise
         except Exception:
-            status = "INTERNAL"
+            self.metrics.request(_model_name(api, request), api, entrypoint, "INTERNAL", 0.0)
             raise
-        finally:
-            self.metrics.request(model, api, entrypoint, status, (time.perf_counter() - start) * 1e6)
+        micros = (time.perf_counter() - start) * 1e6
+        key = (_model_name(api, request), api, entrypoint)
+        cells = self._ok_cells.get(key)
+        if cells is None:
+            cells = self._ok_cells[key] = (
+                self.metrics.counter(":tensorflow:serving:request_count", model_name=key[0], status="OK"),
+                self.metrics.histogram(":tensorflow:serving:request_latency", model_name=key[0], API=api,
+                                       entrypoint=entrypoint))
+        cells[0].add()
+        cells[1].observe(micros)
+        return response
 
     def _on_version(self, spec: Any, fn: Callable[[Any], Any]) -> Any:
         lv = self.manager.resolve(spec)
         with lv.use():
             start = time.perf_counter()
             result = fn(lv)
-            self.metrics.observe(":tensorflow:serving:runtime_latency", (time.perf_counter() - start) * 1e6,
-                                 model_name=lv.name, API="Predict", runtime="TF1")
-            return result
+            micros = (time.perf_counter() - start) * 1e6
+        cell = self._runtime_cells.get(lv.name)
+        if cell is None:
+            cell = self._runtime_cells[lv.name] = self.metrics.histogram(
+                ":tensorflow:serving:runtime_latency", model_name=lv.name, API="Predict", runtime="TF1")
+        cell.observe(micros)
+        return result
 
     def _Predict(self, request: Any) -> Any:  # noqa: N802 - API names
         return self._on_version(request.model_spec, lambda lv: inference.predict(
@@ -103,6 +116,13 @@ class Handlers:
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
+
+
+def _model_name(api: str, request: Any) -> str:
+    spec = getattr(request, "model_spec", None)
+    if spec is not None:
+        return spec.name
+    return request.tasks[0].model_spec.name if api == "MultiInference" and request.tasks else ""
 
 
 def _guarded(handlers: Handlers, api: str) -> Callable[[Any, Any, Any], Any]:
