@@ -8,6 +8,7 @@ warmup replay all call these, so the three paths cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -99,15 +100,75 @@ def batchable(inputs: dict[str, np.ndarray]) -> bool:
     return bool(inputs) and None not in sizes and len(sizes) == 1
 
 
+class PredictPlan:
+    """What Predict derives from one signature, once per loaded version (`LoadedVersion.plans`).
+
+    `arrays` takes a request's inputs on the common path without the general checks: every input sent,
+    packed in `tensor_content`, of the signature's dtype, with exactly the shape the signature declares
+    (`-1` matching any size), within the byte limit. Whatever it does not recognise it leaves to
+    `predict_inputs` (returns None), which gives TF Serving's answer: the two paths accept the same
+    requests and build the same arrays, only the common one skips the work of finding what is wrong."""
+
+    __slots__ = ("signature", "inputs", "outputs", "packed")
+
+    def __init__(self, signature: Any):
+        self.signature = signature
+        self.outputs = sorted(signature.outputs)
+        self.inputs: list[tuple[str, int, np.dtype, tuple[int, ...] | None]] = []
+        self.packed = not signature.defaults
+        for alias in sorted(signature.inputs):
+            info = signature.inputs[alias]
+            dtype = tensors.numeric_dtype(info.dtype)
+            if dtype is None:
+                self.packed = False
+                break
+            shape = info.tensor_shape
+            want = None if shape.unknown_rank else tuple(int(d.size) for d in shape.dim)
+            self.inputs.append((alias, int(info.dtype), dtype, want))
+
+    def arrays(self, request_inputs: Any, max_bytes: int) -> dict[str, np.ndarray] | None:
+        if not self.packed or len(request_inputs) != len(self.inputs):
+            return None
+        arrays = {}
+        total = 0
+        for alias, code, dtype, want in self.inputs:
+            if alias not in request_inputs:
+                return None
+            proto = request_inputs[alias]
+            content = proto.tensor_content
+            if proto.dtype != code or not content:
+                return None
+            shape = proto.tensor_shape
+            dims = [d.size for d in shape.dim]
+            if want is not None and (len(dims) != len(want) or any(
+                    w != d for w, d in zip(want, dims, strict=True) if w >= 0)):
+                return None
+            total += len(content)
+            if (shape.unknown_rank or (dims and min(dims) < 0) or math.prod(dims) * dtype.itemsize != len(content)
+                    or total > max_bytes):
+                return None
+            arrays[alias] = np.frombuffer(content, dtype).reshape(dims).copy()
+        return arrays
+
+
+def predict_plan(lv: LoadedVersion, signature_name: str) -> PredictPlan:
+    plan = lv.plans.get(signature_name)
+    if plan is None:
+        plan = lv.plans[signature_name] = PredictPlan(lv.signature(signature_name))
+    return plan
+
+
 def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_content: bool = False) -> Any:
     """TF Serving's Predict; outputs in the typed `*_val` field (TF Serving's default) or, with
     `--enable_serialization_as_tensor_content`, as `tensor_content` bytes."""
     from tensorflow_serving.apis import predict_pb2
 
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature = lv.signature(signature_name)
-    inputs = predict_inputs(signature, request.inputs, max_bytes)
-    aliases = output_aliases(signature, request.output_filter)
+    plan = predict_plan(lv, signature_name)
+    inputs = plan.arrays(request.inputs, max_bytes)
+    if inputs is None:
+        inputs = predict_inputs(plan.signature, request.inputs, max_bytes)
+    aliases = output_aliases(plan.signature, request.output_filter) if request.output_filter else plan.outputs
     if batching and not batchable(inputs):
         raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
     outputs = lv.run(signature_name, inputs, aliases)

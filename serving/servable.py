@@ -15,10 +15,9 @@ version stays behind and no request racing the unload hangs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ class LoadedVersion:
         self._batching = batching
         self._on_batch = on_batch
         self._callables: dict[tuple, Any] = {}
+        self.plans: dict[str, Any] = {}  # per signature, what serving.inference derives from it once
         self._batchers: dict[tuple, Batcher] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -58,20 +58,23 @@ class LoadedVersion:
         self._closing = False
 
     # ------------------------------------------------------------ requests
-    @contextlib.contextmanager
-    def use(self) -> Iterator[LoadedVersion]:
-        """Hold this version for one request; refused with UNAVAILABLE once it is being unloaded."""
+    def use(self) -> LoadedVersion:
+        """Hold this version for one request (`with lv.use():`); refused with UNAVAILABLE once it is being
+        unloaded. The version is its own context manager: no generator is built per request."""
+        return self
+
+    def __enter__(self) -> LoadedVersion:
         with self._lock:
             if self._closing:
                 raise ServingStatus("UNAVAILABLE", f"Servable {self.name} version {self.version} is being unloaded")
             self._in_flight += 1
-        try:
-            yield self
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._idle.notify_all()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
 
     def signature(self, name: str) -> Any:
         signature = self.signature_defs.get(name)
@@ -107,12 +110,13 @@ class LoadedVersion:
         return fn
 
     def _call(self, key: tuple, signature: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tf = quiet.import_tensorflow()
         _, feeds, fetches = key
         try:
             values = self._callable(key, signature)(*[inputs[k] for k in feeds])
-        except tf.errors.OpError as exc:
-            raise from_tf_error(exc) from exc
+        except Exception as exc:
+            if isinstance(exc, quiet.import_tensorflow().errors.OpError):
+                raise from_tf_error(exc) from exc
+            raise
         return dict(zip(fetches, values, strict=True))
 
     def _batcher(self, key: tuple, signature: Any) -> Batcher:

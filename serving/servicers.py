@@ -127,13 +127,15 @@ def _model_name(api: str, request: Any) -> str:
 
 def _guarded(handlers: Handlers, api: str) -> Callable[[Any, Any, Any], Any]:
     def method(self: Any, request: Any, context: Any) -> Any:
-        import grpc
-
         try:
             return handlers.call(api, request, "GRPC")
         except ServingStatus as exc:
+            import grpc
+
             context.abort(getattr(grpc.StatusCode, exc.code_name), exc.message)
         except Exception as exc:  # noqa: BLE001 - never a raw traceback to the client
+            import grpc
+
             log.exception("%s failed", api)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 

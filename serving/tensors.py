@@ -63,6 +63,12 @@ def numpy_dtype(code: int) -> Any:
     return _DTYPES[int(code)].numpy
 
 
+def numeric_dtype(code: int) -> np.dtype | None:
+    """The numpy dtype of a numeric DataType (packable in `tensor_content`); None for strings and others."""
+    entry = _DTYPES.get(int(code))
+    return None if entry is None or entry.numpy is object else np.dtype(entry.numpy)
+
+
 def declared_shape(proto: Any, name: str) -> tuple[int, ...]:
     shape = proto.tensor_shape
     if shape.unknown_rank:
@@ -141,13 +147,13 @@ def dtype_of(array: np.ndarray) -> int:
 def from_array(value: Any, proto: Any = None, as_content: bool = True) -> Any:
     """numpy (or nested lists, bytes, str) -> TensorProto. `as_content=False` fills the typed `*_val`
     field, as TF Serving's responses do by default (`Tensor::AsProtoField`)."""
-    from serving import protos
-
-    protos.load()
-    from tensorflow.core.framework import tensor_pb2
-
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
     if proto is None:
+        from serving import protos
+
+        protos.load()
+        from tensorflow.core.framework import tensor_pb2
+
         proto = tensor_pb2.TensorProto()
     code = dtype_of(array)
     proto.dtype = code
@@ -166,7 +172,7 @@ def from_array(value: Any, proto: Any = None, as_content: bool = True) -> Any:
         # float_val / double_val are packed fixed-width fields: their wire bytes are the little-endian values,
         # so the field is merged from those bytes instead of appending Python floats one by one.
         data = flat.astype(packed[1], copy=False).tobytes()
-        proto.MergeFromString(packed[0] + _varint(len(data)) + data)
+        proto.MergeFromString(b"".join((packed[0], _varint(len(data)), data)))
     elif field == "half_val":
         getattr(proto, field).extend(flat.ravel().view(np.uint16).tolist())
     elif field in ("scomplex_val", "dcomplex_val"):
