@@ -8,7 +8,9 @@ Like TF Serving's ServerCore / AspiredVersionsManager:
   is published; the table of served versions is replaced in one assignment, and a request keeps the
   version it resolved (`LoadedVersion.use()`), so a swap never fails a request in flight;
 - a failed load is retried `max_num_load_retries` times, `load_retry_interval_micros` apart, on the
-  poll thread (state LOADING with the error meanwhile, END with the error after the last try);
+  poll thread (state LOADING with the error meanwhile, END with the error after the last try); at
+  start-up the server waits for the initial versions' retries and refuses to start when a model has none
+  AVAILABLE (`await_initial_versions`, TF Serving's behaviour); a model added later only reports it;
 - an unloaded version is closed on its own thread (UNLOADING -> END): its session, batch threads and
   downloaded copy are freed once its last request has finished;
 - labels must point at available versions (FAILED_PRECONDITION otherwise) unless
@@ -118,6 +120,30 @@ class ModelManager:
                     self._swap_in(served, *self._load_new_versions(served))
                 except Exception:  # noqa: BLE001 - one model's trouble must not stop the others
                     log.exception("poll of model %s failed", served.entry.name)
+
+    def await_initial_versions(self) -> None:
+        """TF Serving's start-up (`ConnectSourcesWithFastInitialLoad`): wait while a version that failed
+        to load has retries left (`load_retry_interval_micros` apart), then raise UNKNOWN naming every
+        model that has no AVAILABLE version because one ended in an error, with the error, in TF Serving's
+        words ("1 servable(s) did not become available: {{{name: m version: 2} due to error: ...}, }").
+
+        A model without any version folder yet is not an error: TF Serving logs "No versions of servable
+        ... found" and waits for one; here the poller picks it up once it appears."""
+        while True:
+            with self._refresh_lock:
+                due = [state.retry_at for served in self._models.values() for state in served.states.values()
+                       if state.state == "LOADING" and state.error_message]
+            if not due:
+                break
+            time.sleep(max(0.0, min(due) - time.monotonic()))
+            self.refresh()
+        failed = [(served.entry.name, version, state) for served in self._models.values() if not served.versions
+                  for version, state in sorted(served.states.items())
+                  if state.state == "END" and state.error_message]
+        if failed:
+            detail = "".join(f"{{{{name: {name} version: {version}}} due to error: {state.error_code}: "
+                             f"{state.error_message}}}, " for name, version, state in failed)
+            raise ServingStatus("UNKNOWN", f"{len(failed)} servable(s) did not become available: {{{detail}}}")
 
     def _wanted(self, entry: repo.ModelEntry, present: list[int]) -> set[int]:
         if entry.version_policy == "all":

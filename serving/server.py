@@ -8,7 +8,8 @@ and its Prometheus metrics (`serving.metrics`). A client or a curl command writt
 unchanged against the other.
 
 This module only starts and stops: it reads the config, starts the manager (which loads every model's
-initial versions, as TF Serving does before it reports ready), binds gRPC on `host:port` and, if asked,
+initial versions, as TF Serving does before it reports ready; a version still failing after its retries
+stops the start-up, as in TF Serving), binds gRPC on `host:port` and, if asked,
 on a Unix socket, starts the REST server, and runs the poller that picks up new versions and config
 changes. The poller survives any error and logs it.
 """
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 
 # TF Serving sets no receive limit of its own (gRPC's INT_MAX); a declared-size check guards tensors.
 MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+class ModelsNotAvailable(RetinaError):
+    """The server did not start: an initial version of a model ended in an error after its load retries."""
 
 
 @dataclass
@@ -142,7 +147,9 @@ def _batching(options: ServerOptions, max_batch_size: int | None) -> BatchingPar
 
 def start_server(options: ServerOptions | None = None, **kwargs: Any) -> RunningServer:
     """Load the models, start gRPC (+ Unix socket), REST and the poller; returns once the initial versions
-    are loaded. Raises RetinaError (a clear message) for a bad config, flag file or port."""
+    are loaded. Raises RetinaError (a clear message) for a bad config, flag file or port, and, as TF Serving
+    refuses to start, when a model's initial version still fails after its load retries (no port is opened
+    and the download cache is removed)."""
     max_batch_size = kwargs.get("max_batch_size")
     options = options or _legacy_options(kwargs)
     for name, value in sorted(options.ignored.items()):
@@ -171,6 +178,14 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
         raise RetinaError(f"model config rejected: {exc.message}") from exc
     except RetinaError:
         shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
+    try:
+        manager.await_initial_versions()
+    except BaseException as exc:
+        manager.close()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        if isinstance(exc, ServingStatus):  # TF Serving's main.cc: "Failed to start server. Error: <status>"
+            raise ModelsNotAvailable(f"Failed to start server. Error: {exc.code_name}: {exc.message}") from exc
         raise
     handlers = Handlers(manager, options, metrics, batching is not None)
     try:

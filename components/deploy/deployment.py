@@ -339,12 +339,16 @@ def check_privately(export_dir: Path, model_name: str, version: int, num_classes
     import shutil
     import tempfile as tf_tmp
 
-    from serving.server import start_server
+    from serving.server import ModelsNotAvailable, start_server
 
     with tf_tmp.TemporaryDirectory(prefix="retina-private-") as tmp:
         shutil.copytree(export_dir, Path(tmp) / model_name / str(version))
-        server = start_server(model_base_path=str(Path(tmp) / model_name), model_name=model_name, port=0,
-                              poll_interval_s=0)
+        try:  # a fresh export that fails to load fails again: no retries (the server refuses to start)
+            server = start_server(model_base_path=str(Path(tmp) / model_name), model_name=model_name, port=0,
+                                  poll_interval_s=0, max_num_load_retries=0)
+        except ModelsNotAvailable as exc:
+            raise CanaryFailed(f"{model_name} version {version} failed to load in a private model server: "
+                               f"{exc}") from exc
         try:
             check_canary(server.address, model_name, version, num_classes, timeout_s)
         finally:

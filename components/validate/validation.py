@@ -167,10 +167,13 @@ def private_server_checks(staged_uri: str, exported: Path, cfg: ValidateConfig, 
     """A model server of our own, on a free loopback port, serving only the staged folder."""
     from components.deploy.deployment import CanaryFailed, wait_available
     from serving.client import ServingClient
-    from serving.server import start_server
+    from serving.server import ModelsNotAvailable, start_server
 
-    server = start_server(model_base_path=storage.parent(staged_uri), model_name=name, port=0,
-                          poll_interval_s=0)
+    try:  # a fresh export that fails to load fails again: no retries (the server refuses to start)
+        server = start_server(model_base_path=storage.parent(staged_uri), model_name=name, port=0,
+                              poll_interval_s=0, max_num_load_retries=0)
+    except ModelsNotAvailable as exc:
+        return [Check.flag(GATE, "available", False, str(exc)[:300])]
     try:
         with ServingClient(server.address) as client:
             try:

@@ -81,14 +81,14 @@ def test_saved_model_tags_choose_the_meta_graph():
 
     with start_server(_options(saved_model_tags="serve")) as running:
         assert _predict(running.address).outputs["y"].float_val == [3.0]
-    # The example model has no MetaGraph tagged serve,gpu: the version fails to load, with TF's reason.
-    from tensorflow_serving.apis import get_model_status_pb2
+    # The example model has no MetaGraph tagged serve,gpu: its only version fails to load, so the server
+    # refuses to start, as TF Serving's does (load_servables_fast.cc, main.cc), with TF's reason.
+    from serving.server import ModelsNotAvailable
 
-    with start_server(_options(saved_model_tags="serve,gpu", max_num_load_retries=0)) as running:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = "default"
-        (status,) = running.handlers.call("GetModelStatus", request).model_version_status
-        assert status.status.error_code != 0 and "'serve', 'gpu'" in status.status.error_message
+    with pytest.raises(ModelsNotAvailable) as failure:
+        start_server(_options(saved_model_tags="serve,gpu", max_num_load_retries=0))
+    assert "{{{name: default version: 123} due to error: " in str(failure.value)
+    assert "'serve', 'gpu'" in str(failure.value)
 
 
 def test_tensor_content_serialization_and_grpc_threads():
