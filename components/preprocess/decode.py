@@ -27,8 +27,11 @@ from components.preprocess.header import (
 from components.preprocess.params import DEFAULTS, PreprocessParams, reduction_factor
 
 _KEEP_ORIENTATION = cv2.IMREAD_IGNORE_ORIENTATION
-_REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
+# RGB straight from the decoder (libjpeg's own output order): no BGR pass and no cvtColor over the decoded
+# image (1 ms at the 1/2 scale, 5 ms at full size on an EyePACS frame). The DCT-scale bits combine with it.
+_REDUCED_COLOR = {f: (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
+                  for f, flag in ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2),
+                                  (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}
 _REDUCED_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
@@ -59,10 +62,10 @@ def _decode_pixels(data: bytes, header: ImageHeader, factor: int, color: bool) -
     if header.format == "jpeg":
         return cv2.imdecode(np.frombuffer(data, np.uint8), table[factor] | _KEEP_ORIENTATION)
     # a colour PNG for a grey target: decoded in colour, then OpenCV's BT.601 (what the serving graph mirrors)
-    flags = cv2.IMREAD_COLOR if header.channels == 3 else table[1]
+    flags = _REDUCED_COLOR[1] if header.channels == 3 else table[1]
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _KEEP_ORIENTATION)
     if image is not None and not color and image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return None if image is None else area_reduce(image, factor)
 
 
@@ -86,8 +89,6 @@ def decode_image(
         raise ImageRejected(image_id, f"undecodable {header.format.upper()} data")
     if image.dtype != np.uint8:
         raise ImageRejected(image_id, f"unsupported sample type {image.dtype} (8-bit expected)")
-    if color:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return orient(image, header.orientation)
 
 
