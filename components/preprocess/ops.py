@@ -82,7 +82,7 @@ def _intensity(image: np.ndarray) -> np.ndarray:
 
 def percentile_u8(image: np.ndarray, q: float) -> float:
     """`np.percentile(image, q)` (linear interpolation) of a uint8 image from its histogram, without a sort."""
-    counts = np.cumsum(np.bincount(image.ravel(), minlength=256))
+    counts = np.cumsum(cv2.calcHist([np.ascontiguousarray(image)], [0], None, [256], [0, 256]).ravel().astype(np.int64))
     pos = q / 100.0 * (counts[-1] - 1)
     lo = math.floor(pos)
     below, above = np.searchsorted(counts, [lo, min(lo + 1, counts[-1] - 1)], side="right")
