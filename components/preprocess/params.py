@@ -39,7 +39,7 @@ MIN_REDUCED_SIGMA = 2.0
 # aliases (thin vessels flicker, ×4 after Graham's subtraction). The source is first low-passed by a Gaussian
 # of σ = ANTIALIAS_SIGMA · ratio (best of 0.25–0.32 against the exact full-resolution reference). Ratios
 # above ~3.75 warp onto an n-times canvas (n = round(ratio / CANVAS_RATIO)) and block-average it, which
-# keeps the kernel at ≤ 7 taps.
+# keeps the kernel at ≤ 5 taps (the serving graph builds it with 5).
 ANTIALIAS_SIGMA = 0.28
 ANTIALIAS_MIN_RATIO = 1.5
 CANVAS_RATIO = 2.5

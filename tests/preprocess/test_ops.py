@@ -202,3 +202,15 @@ def test_the_reference_box_resampling_is_exact_area_averaging():
     np.testing.assert_allclose(shifted[2], (0.5 * a[4] + a[5] + 0.5 * a[6]) / 2)
     outside = _box_resample(a, -1.0, 2.0, 1)  # half of the square lies above the image: counts as zero
     np.testing.assert_allclose(outside[0], a[0] / 2)
+
+
+def test_the_warp_s_antialiasing_kernel_fits_the_serving_graph_s_five_taps():
+    """serving/tf_preprocess._antialias builds the kernel with 5 taps: whatever the source/output ratio, the
+    canvas multiple keeps the warp's own ratio where `antialias_kernel` needs no more, and it is normalised."""
+    from components.preprocess.params import ANTIALIAS_MIN_RATIO, antialias_kernel, canvas_multiple
+
+    for ratio in np.linspace(0.2, 40.0, 4000):
+        n = canvas_multiple(ratio)
+        taps = antialias_kernel(ratio / n)
+        assert len(taps) <= 5 and len(taps) % 2 == 1 and abs(sum(taps) - 1) < 1e-12
+        assert (len(taps) == 1) == (ratio / n < ANTIALIAS_MIN_RATIO)
