@@ -78,6 +78,8 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[tuple, Counter] = {}
         self._histograms: dict[tuple, Histogram] = {}
+        self._request_cells: dict[tuple[str, str, str, str], tuple[Counter, Histogram | None]] = {}
+        self._runtime_cells: dict[str, Histogram] = {}
 
     def counter(self, name: str, **labels: str) -> Counter:
         key = (name, tuple(sorted(labels.items())))
@@ -103,11 +105,26 @@ class Metrics:
         self.histogram(name, buckets, **labels).observe(value)
 
     def request(self, model: str, api: str, entrypoint: str, status: str, micros: float) -> None:
-        """One answered request: the count by status always, the latency when it succeeded (as TF Serving)."""
-        self.count(":tensorflow:serving:request_count", model_name=model, status=status)
-        if status == "OK":
-            self.observe(":tensorflow:serving:request_latency", micros, model_name=model, API=api,
-                         entrypoint=entrypoint)
+        """One answered request: the count by status always, the latency when it succeeded (as TF Serving).
+        The request path's cells are looked up once per (model, API, entrypoint, status) and kept."""
+        key = (model, api, entrypoint, status)
+        cells = self._request_cells.get(key)
+        if cells is None:
+            cells = self._request_cells[key] = (
+                self.counter(":tensorflow:serving:request_count", model_name=model, status=status),
+                self.histogram(":tensorflow:serving:request_latency", model_name=model, API=api,
+                               entrypoint=entrypoint) if status == "OK" else None)
+        cells[0].add()
+        if cells[1] is not None:
+            cells[1].observe(micros)
+
+    def runtime(self, model: str, micros: float) -> None:
+        """Time in the model itself (TF Serving's runtime_latency, recorded with API="Predict")."""
+        cell = self._runtime_cells.get(model)
+        if cell is None:
+            cell = self._runtime_cells[model] = self.histogram(
+                ":tensorflow:serving:runtime_latency", model_name=model, API="Predict", runtime="TF1")
+        cell.observe(micros)
 
     def render(self) -> str:
         """The Prometheus text exposition of everything recorded so far."""

@@ -14,7 +14,7 @@ from typing import Any
 from serving import inference
 from serving import model_repository as repo
 from serving.manager import ModelManager
-from serving.metrics import Counter, Histogram, Metrics
+from serving.metrics import Metrics
 from serving.options import ServerOptions
 from serving.status import CODES, ServingStatus, invalid_argument
 
@@ -29,9 +29,6 @@ class Handlers:
         self.options = options
         self.metrics = metrics
         self.batching = batching
-        # Metric cells of answered requests, looked up once per (model, API, entrypoint) / model.
-        self._ok_cells: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
-        self._runtime_cells: dict[str, Histogram] = {}
 
     def call(self, api: str, request: Any, entrypoint: str = "GRPC") -> Any:
         start = time.perf_counter()
@@ -43,16 +40,7 @@ class Handlers:
         except Exception:
             self.metrics.request(_model_name(api, request), api, entrypoint, "INTERNAL", 0.0)
             raise
-        micros = (time.perf_counter() - start) * 1e6
-        key = (_model_name(api, request), api, entrypoint)
-        cells = self._ok_cells.get(key)
-        if cells is None:
-            cells = self._ok_cells[key] = (
-                self.metrics.counter(":tensorflow:serving:request_count", model_name=key[0], status="OK"),
-                self.metrics.histogram(":tensorflow:serving:request_latency", model_name=key[0], API=api,
-                                       entrypoint=entrypoint))
-        cells[0].add()
-        cells[1].observe(micros)
+        self.metrics.request(_model_name(api, request), api, entrypoint, "OK", (time.perf_counter() - start) * 1e6)
         return response
 
     def _on_version(self, spec: Any, fn: Callable[[Any], Any]) -> Any:
@@ -61,11 +49,7 @@ class Handlers:
             start = time.perf_counter()
             result = fn(lv)
             micros = (time.perf_counter() - start) * 1e6
-        cell = self._runtime_cells.get(lv.name)
-        if cell is None:
-            cell = self._runtime_cells[lv.name] = self.metrics.histogram(
-                ":tensorflow:serving:runtime_latency", model_name=lv.name, API="Predict", runtime="TF1")
-        cell.observe(micros)
+        self.metrics.runtime(lv.name, micros)
         return result
 
     def _Predict(self, request: Any) -> Any:  # noqa: N802 - API names

@@ -42,6 +42,7 @@ from components.preprocess.params import (
     THUMBNAIL_HALVINGS,
     PreprocessParams,
     gaussian_ksize,
+    gaussian_taps,
 )
 
 THUMBNAIL_SIDE = 512  # components.preprocess.ops.THUMBNAIL_SIDE (ops imports OpenCV; checked by a test)
@@ -513,13 +514,9 @@ def _crop_and_scale(image: Any, cx: Any, cy: Any, circle_r: Any, radius: int) ->
     return canvas, valid_y[:, tf.newaxis] & valid_x[tf.newaxis, :]
 
 
-def _gaussian_kernel(sigma: float) -> list[float]:
-    """cv2.getGaussianKernel(gaussian_ksize(σ), σ) for float images: exp(−(i − c)²/2σ²), normalised."""
-    ksize = gaussian_ksize(sigma)
-    half = (ksize - 1) / 2
-    weights = [math.exp(-((i - half) ** 2) / (2 * sigma * sigma)) for i in range(ksize)]
-    total = sum(weights)
-    return [wgt / total for wgt in weights]
+def _gaussian_kernel(sigma: float) -> tuple[float, ...]:
+    """cv2.getGaussianKernel(gaussian_ksize(σ), σ) for float images."""
+    return gaussian_taps(sigma, gaussian_ksize(sigma) // 2)
 
 
 def _gaussian_blur(image: Any, sigma: float) -> Any:

@@ -219,7 +219,11 @@ def antialias_kernel(ratio: float) -> tuple[float, ...]:
     if ratio < ANTIALIAS_MIN_RATIO:
         return (1.0,)
     sigma = ANTIALIAS_SIGMA * ratio
-    half = max(1, math.floor(2 * sigma + 0.5))
+    return gaussian_taps(sigma, max(1, math.floor(2 * sigma + 0.5)))
+
+
+def gaussian_taps(sigma: float, half: int) -> tuple[float, ...]:
+    """The 2·half + 1 normalised taps exp(−i²/2σ²), i = −half..half (OpenCV's getGaussianKernel for σ > 0)."""
     weights = [math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-half, half + 1)]
     total = sum(weights)
     return tuple(w / total for w in weights)
