@@ -27,9 +27,11 @@ browser:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
 	  || echo "make browser: no chromium (install Debian's chromium package to run the report page tests)"; }
 
-# Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them).
+# Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them), on one
+# pytest-xdist worker per core (at most 4): whole files go to a worker, the slow files first (tests/conftest.py),
+# each worker with its own throw-away stack. The slowest tests are listed at the end.
 test: $(STAMP) lint browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"

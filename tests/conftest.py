@@ -15,6 +15,17 @@ import pytest
 from infra.local.stack import ENV_KEYS, LocalStack, start_stack, stop_stack
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
+    """Files with slow end-to-end tests first, each file's tests kept together and in their order.
+
+    `make test` deals whole files out to parallel workers (pytest-xdist `--dist loadfile`) in this order
+    (`--no-loadscope-reorder`): a long training file handed out last would run alone at the end while the
+    other workers idle. Dealt out first, the short files fill in around it.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order inside each group kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every temporary folder of the session — ours, kfp's `kfp-workspace-*`, the servers' and the steps'
