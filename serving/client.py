@@ -168,7 +168,12 @@ class ServingClient:
         }
 
     def reload_config(self, entries: list[Any]) -> None:
-        """ModelService.HandleReloadConfigRequest with `models.config` entries (ModelEntry or dicts)."""
+        """ModelService.HandleReloadConfigRequest with `models.config` entries (ModelEntry or dicts).
+
+        As TF Serving, the call returns once every model *new to the config* is AVAILABLE; one whose load
+        ended in an error raises ServingError (code UNKNOWN, the server's "N model(s) did not become
+        available: ..."), the config staying applied. A new model without versions yet keeps the call
+        waiting until this client's timeout (DEADLINE_EXCEEDED)."""
         from google.protobuf import text_format
         from tensorflow_serving.apis import model_management_pb2
 

@@ -10,7 +10,8 @@ Like TF Serving's ServerCore / AspiredVersionsManager:
 - a failed load is retried `max_num_load_retries` times, `load_retry_interval_micros` apart, on the
   poll thread (state LOADING with the error meanwhile, END with the error after the last try); at
   start-up the server waits for the initial versions' retries and refuses to start when a model has none
-  AVAILABLE (`await_initial_versions`, TF Serving's behaviour); a model added later only reports it;
+  AVAILABLE (`await_initial_versions`, TF Serving's behaviour); a reload (gRPC or a changed config
+  file) waits for the models it adds and fails with their load error, the config staying applied;
 - an unloaded version is closed on its own thread (UNLOADING -> END): its session, batch threads and
   downloaded copy are freed once its last request has finished;
 - labels must point at available versions (FAILED_PRECONDITION otherwise) unless
@@ -54,6 +55,20 @@ class ServedModel:
     labels: dict[str, int] = field(default_factory=dict)
 
 
+class NewModelsUnavailable(ServingStatus):
+    """A reloaded config is applied, but a model it added has no version AVAILABLE: its load ended in an
+    error (TF Serving's UNKNOWN from `ServerCore::WaitUntilModelsAvailable`). The model stays in the
+    config and reports the error through GetModelStatus; a later identical config is not waited for."""
+
+
+def _unavailable(failed: list[tuple[str, int, VersionState]]) -> str:
+    """TF Serving's list of servables that did not become available: `{name: m version: v}` per servable,
+    with " due to error: <status>" when it ended in one, each closed by "}, "."""
+    return "".join(f"{{{{name: {name} version: {version}}}"
+                   + (f" due to error: {state.error_code}: {state.error_message}" if state.error_message else "")
+                   + "}, " for name, version, state in failed)
+
+
 class ModelManager:
     """Keeps the served versions of every model in line with the repository and the config."""
 
@@ -66,6 +81,8 @@ class ModelManager:
         self._on_event = on_event or (lambda *a: None)
         self._models: dict[str, ServedModel] = {}
         self._refresh_lock = threading.Lock()
+        self._config_lock = threading.Lock()
+        self._closing = threading.Event()
         self._unloaders: list[threading.Thread] = []
         self.warmup_calls: dict[tuple[str, int], int] = {}
         self._session_config = read_session_config(options)
@@ -73,11 +90,32 @@ class ModelManager:
         self.apply_config(entries)
 
     # ------------------------------------------------------------ config and polling
-    def apply_config(self, entries: list[repo.ModelEntry]) -> None:
+    def apply_config(self, entries: list[repo.ModelEntry], wait: bool = False,
+                     cancelled: Callable[[], bool] = lambda: False) -> None:
         """Serve exactly these models: load what is new first, check labels, then swap and unload.
 
         A label naming a version that is not available raises FAILED_PRECONDITION and changes nothing
-        (what was loaded for the rejected config is unloaded again)."""
+        (what was loaded for the rejected config is unloaded again). With `wait` (a reload: gRPC or a
+        changed config file), TF Serving's `ServerCore::AddModelsViaModelConfigList` for a config after
+        the first: once applied, wait until every model *new to the config* has a version AVAILABLE or one
+        that ended in an error after its retries (`_await_models`). Removed models are not waited for.
+        Configs are applied one at a time (TF Serving's `config_mu_`); `cancelled` (the caller left, the
+        server stops) ends a wait with CANCELLED, the config staying applied."""
+        self._lock_config(cancelled)
+        try:
+            added = self._apply(entries)
+            if wait and added:
+                self._await_models(added, cancelled)
+        finally:
+            self._config_lock.release()
+
+    def _lock_config(self, cancelled: Callable[[], bool]) -> None:
+        while not self._config_lock.acquire(timeout=0.05):
+            if cancelled() or self._closing.is_set():
+                raise ServingStatus("CANCELLED", "config reload cancelled while an earlier reload was waiting")
+
+    def _apply(self, entries: list[repo.ModelEntry]) -> list[str]:
+        """Load, check labels, swap, unload removed models; returns the names new to the config."""
         with self._refresh_lock:
             new_models = {}
             for entry in entries:
@@ -95,11 +133,59 @@ class ModelManager:
             for name, served in new_models.items():
                 served.labels = labels[name]
                 self._swap_in(served, *plans[name])
+            added = [name for name in new_models if name not in self._models]
             removed = [m for name, m in self._models.items() if name not in new_models]
+            replaced = [m for name, m in self._models.items() if name in new_models and new_models[name].entry
+                        .base_path != m.entry.base_path]
             self._models = new_models
             for served in removed:
                 self._unload(list(served.versions.values()), served)
                 log.info("model %s removed from the config", served.entry.name)
+            for served in replaced:  # the versions read from the old base path
+                self._unload(list(served.versions.values()))
+            return added
+
+    def _await_models(self, names: list[str], cancelled: Callable[[], bool]) -> None:
+        """TF Serving's `WaitUntilModelsAvailable` (no timeout, as tensorflow_model_server sets it): wait
+        until each model has a version AVAILABLE or END with an error, polling its folder every
+        `file_system_poll_wait_seconds` and running its load retries when due (this may be the poll
+        thread itself); then UNKNOWN "N model(s) did not become available: {{{name: m version: v} due
+        to error: ...}, }" for those that failed, in TF Serving's words."""
+        every = self._options.file_system_poll_wait_seconds
+        next_poll = time.monotonic() + every
+        while True:
+            reached = {name: self._reached(name) for name in names}
+            if all(r is not None for r in reached.values()):
+                break
+            if cancelled() or self._closing.is_set():
+                raise ServingStatus("CANCELLED", f"stopped waiting for {', '.join(sorted(names))} to load")
+            now = time.monotonic()
+            retry_due = any(now >= state.retry_at for name in names for state in self._states(name)
+                            if state.state == "LOADING" and state.error_message)
+            if retry_due or (every > 0 and now >= next_poll):
+                next_poll = now + every
+                self.refresh()
+            else:
+                self._closing.wait(0.02)
+        failed = [(name, *r) for name, r in sorted(reached.items()) if r is not None and r[1].state != "AVAILABLE"]
+        if failed:
+            raise NewModelsUnavailable("UNKNOWN", f"{len(failed)} model(s) did not become available: "
+                                                  f"{{{_unavailable(failed)}}}")
+
+    def _states(self, name: str) -> list[VersionState]:
+        served = self._models.get(name)
+        return list(served.states.values()) if served is not None else []
+
+    def _reached(self, name: str) -> tuple[int, VersionState] | None:
+        """The first version (in version order) that is AVAILABLE or ended in an error, as TF Serving's
+        `ServableStateMonitor` answers a wait for `Latest(name)`; None while there is none."""
+        served = self._models.get(name)
+        if served is None:  # not in the config any more: nothing left to wait for
+            return 0, VersionState("AVAILABLE")
+        for version, state in sorted(served.states.items()):
+            if state.state == "AVAILABLE" or (state.state == "END" and state.error_message):
+                return version, state
+        return None
 
     def _check_labels(self, served: ServedModel, loaded: dict[int, LoadedVersion], wanted: set[int]) -> dict:
         allow_new = self._options.allow_version_labels_for_unavailable_models
@@ -141,9 +227,8 @@ class ModelManager:
                   for version, state in sorted(served.states.items())
                   if state.state == "END" and state.error_message]
         if failed:
-            detail = "".join(f"{{{{name: {name} version: {version}}} due to error: {state.error_code}: "
-                             f"{state.error_message}}}, " for name, version, state in failed)
-            raise ServingStatus("UNKNOWN", f"{len(failed)} servable(s) did not become available: {{{detail}}}")
+            raise ServingStatus("UNKNOWN", f"{len(failed)} servable(s) did not become available: "
+                                           f"{{{_unavailable(failed)}}}")
 
     def _wanted(self, entry: repo.ModelEntry, present: list[int]) -> set[int]:
         if entry.version_policy == "all":
@@ -293,6 +378,7 @@ class ModelManager:
         return sorted(states.items())
 
     def close(self) -> None:
+        self._closing.set()
         with self._refresh_lock:
             for served in self._models.values():
                 self._unload(list(served.versions.values()), served)

@@ -12,6 +12,7 @@ accepts is exactly what TF Serving accepts.
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -180,6 +181,45 @@ def parse_models_config(text: str, source: str = "models.config") -> list[ModelE
     if duplicates:
         raise ModelConfigError(f"model named twice in {source}: {', '.join(duplicates)}")
     return entries
+
+
+SUPPORTED_PLATFORMS = ("tensorflow",)
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9.]*://")
+
+
+def check_model_config_list(config_list: Any) -> None:
+    """TF Serving's checks of a reloaded `ModelConfigList` (server_core.cc `ValidateModelConfigList`,
+    `GetPlatform`, `CreateStoragePathRoutes`), in its words: a model listed twice, a base path that is
+    neither absolute nor a URI (TF Serving resolves nothing against its working directory), and a
+    platform this server cannot load are refused before anything changes. Raises ModelConfigError."""
+    names: set[str] = set()
+    for cfg in config_list.config:
+        if cfg.name in names:
+            raise ModelConfigError(f"Illegal to list model {cfg.name} multiple times in config list")
+        names.add(cfg.name)
+    for cfg in config_list.config:
+        if not cfg.base_path.startswith("/") and not _URI_SCHEME.match(cfg.base_path):
+            raise ModelConfigError(f"Expected model {cfg.name} to have an absolute path or URI; got "
+                                   f"base_path()={cfg.base_path}")
+    for cfg in config_list.config:
+        platform = _platform(cfg)
+        if platform not in SUPPORTED_PLATFORMS:
+            raise ModelConfigError(f"Model {cfg.name} requests unsupported platform {platform}")
+
+
+def _platform(cfg: Any) -> str:
+    """`model_platform`, or the deprecated `model_type` (1 = TENSORFLOW), as TF Serving's GetPlatform."""
+    if cfg.model_type:
+        if cfg.model_platform:
+            raise ModelConfigError("Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                                   f"ModelServerConfig::model_platform, model name is {cfg.name}")
+        if cfg.model_type != 1:
+            raise ModelConfigError(f"ModelServerConfig::model_type choice {cfg.model_type} not supported.")
+        return "tensorflow"
+    if not cfg.model_platform:
+        raise ModelConfigError("Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                               f"ModelServerConfig::model_platform, model name is {cfg.name}")
+    return cfg.model_platform
 
 
 def format_models_config(entries: list[ModelEntry | dict[str, Any]]) -> str:

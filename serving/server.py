@@ -29,7 +29,7 @@ from typing import Any
 from components.common import quiet, storage
 from components.common.errors import RetinaError
 from serving import model_repository as repo
-from serving.manager import ModelManager
+from serving.manager import ModelManager, NewModelsUnavailable
 from serving.metrics import Metrics
 from serving.options import (
     BatchingParameters,
@@ -259,7 +259,7 @@ def _poll(options: ServerOptions, manager: ModelManager, stop: threading.Event, 
         try:
             if config_every > 0 and time.monotonic() - state["config_at"] >= config_every:
                 state["config_at"] = time.monotonic()
-                _apply_changed_config(options, manager, state)
+                _apply_changed_config(options, manager, state, stop)
             if version_every > 0:
                 manager.refresh()
         except Exception:  # noqa: BLE001 - keep polling; what is loaded keeps serving
@@ -276,13 +276,20 @@ def _read_config(options: ServerOptions) -> str | None:
         return None
 
 
-def _apply_changed_config(options: ServerOptions, manager: ModelManager, state: dict) -> None:
+def _apply_changed_config(options: ServerOptions, manager: ModelManager, state: dict, stop: threading.Event) -> None:
+    """TF Serving's `PollFilesystemAndReloadConfig`: a changed file is applied as a reload is, waiting for
+    the models it adds (this thread keeps polling their versions meanwhile); a model that did not become
+    available leaves the config applied and is logged, as TF Serving logs the failed ReloadConfig."""
     text = _read_config(options)
     if text is None or text == state["text"]:
         return
     try:  # a rejected config is retried on the next poll (its version may appear), logged once
-        manager.apply_config(repo.parse_models_config(text, options.model_config_file))
+        manager.apply_config(repo.parse_models_config(text, options.model_config_file), wait=True,
+                             cancelled=stop.is_set)
         log.info("applied changed model config %s", options.model_config_file)
+        state["text"] = text
+    except NewModelsUnavailable as exc:
+        log.error("model config %s applied, but: %s", options.model_config_file, exc.message)
         state["text"] = text
     except (RetinaError, ServingStatus) as exc:
         if text != state["rejected"]:

@@ -30,10 +30,14 @@ class Handlers:
         self.metrics = metrics
         self.batching = batching
 
-    def call(self, api: str, request: Any, entrypoint: str = "GRPC") -> Any:
+    def call(self, api: str, request: Any, entrypoint: str = "GRPC",
+             cancelled: Callable[[], bool] | None = None) -> Any:
+        """One API call with its request metrics; `cancelled` (whether the caller has gone) is passed to
+        the one call that may wait long, HandleReloadConfigRequest."""
         start = time.perf_counter()
+        handler = getattr(self, "_" + api)
         try:
-            response = getattr(self, "_" + api)(request)
+            response = handler(request, cancelled) if cancelled is not None else handler(request)
         except ServingStatus as exc:
             self.metrics.request(_model_name(api, request), api, entrypoint, exc.code_name, 0.0)
             raise
@@ -88,15 +92,23 @@ class Handlers:
             status.status.error_message = state.error_message
         return response
 
-    def _HandleReloadConfigRequest(self, request: Any) -> Any:  # noqa: N802
+    def _HandleReloadConfigRequest(self, request: Any, cancelled: Callable[[], bool] = lambda: False) -> Any:  # noqa: N802
+        """TF Serving's `ModelServiceImpl::HandleReloadConfigRequest` + `ServerCore::ReloadConfig`: only a
+        model_config_list, validated first (INVALID_ARGUMENT, nothing changes); then applied, waiting for
+        the models it adds (`ModelManager.apply_config`). A refused config or a model that did not become
+        available is the call's gRPC status, as in TF Serving (whose response then carries no message)."""
         from google.protobuf import text_format
         from tensorflow_serving.apis import model_management_pb2
 
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                   "ModelConfigList is currently supported")
         try:
+            repo.check_model_config_list(request.config.model_config_list)
             entries = repo.parse_models_config(text_format.MessageToString(request.config), "ReloadConfigRequest")
         except repo.ModelConfigError as exc:
             raise invalid_argument(str(exc)) from exc
-        self.manager.apply_config(entries)  # a refused config is the call's gRPC status, as in TF Serving
+        self.manager.apply_config(entries, wait=True, cancelled=cancelled)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
@@ -112,6 +124,8 @@ def _model_name(api: str, request: Any) -> str:
 def _guarded(handlers: Handlers, api: str) -> Callable[[Any, Any, Any], Any]:
     def method(self: Any, request: Any, context: Any) -> Any:
         try:
+            if api == "HandleReloadConfigRequest":
+                return handlers.call(api, request, "GRPC", cancelled=lambda: not context.is_active())
             return handlers.call(api, request, "GRPC")
         except ServingStatus as exc:
             import grpc
