@@ -79,7 +79,7 @@ class Metrics:
         self._counters: dict[tuple, Counter] = {}
         self._histograms: dict[tuple, Histogram] = {}
         self._request_cells: dict[tuple[str, str, str, str], tuple[Counter, Histogram | None]] = {}
-        self._runtime_cells: dict[str, Histogram] = {}
+        self._runtime_cells: dict[tuple[str, str], Histogram] = {}
 
     def counter(self, name: str, **labels: str) -> Counter:
         key = (name, tuple(sorted(labels.items())))
@@ -118,12 +118,14 @@ class Metrics:
         if cells[1] is not None:
             cells[1].observe(micros)
 
-    def runtime(self, model: str, micros: float) -> None:
-        """Time in the model itself (TF Serving's runtime_latency, recorded with API="Predict")."""
-        cell = self._runtime_cells.get(model)
+    def runtime(self, model: str, api: str, micros: float) -> None:
+        """Time in the model's session run (TF Serving's runtime_latency: labels model_name, API = Predict,
+        Classify or Regress as each API records it, runtime = TF1 for a session-run SavedModel)."""
+        key = (model, api)
+        cell = self._runtime_cells.get(key)
         if cell is None:
-            cell = self._runtime_cells[model] = self.histogram(
-                ":tensorflow:serving:runtime_latency", model_name=model, API="Predict", runtime="TF1")
+            cell = self._runtime_cells[key] = self.histogram(
+                ":tensorflow:serving:runtime_latency", model_name=model, API=api, runtime="TF1")
         cell.observe(micros)
 
     def render(self) -> str:

@@ -224,9 +224,9 @@ def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Ha
                         cors=options.rest_api_enable_cors_support)
         running._rest = RestServer(app, options.host, options.rest_api_port)  # noqa: SLF001
         running.rest_port = running._rest.port  # noqa: SLF001
-    server.start()
-    if running._rest is not None:  # noqa: SLF001
+    if running._rest is not None:  # REST first: a client that sees gRPC answer finds REST up too
         running._rest.start()  # noqa: SLF001
+    server.start()
     running._poller = threading.Thread(target=_poll,  # noqa: SLF001
                                        args=(options, manager, running._stop_event, config_text),  # noqa: SLF001
                                        daemon=True, name="retina-version-poller")

@@ -16,6 +16,7 @@ from serving import model_repository as repo
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.options import ServerOptions
+from serving.servable import RUN_CLOCK
 from serving.status import CODES, ServingStatus, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -32,42 +33,50 @@ class Handlers:
 
     def call(self, api: str, request: Any, entrypoint: str = "GRPC",
              cancelled: Callable[[], bool] | None = None) -> Any:
-        """One API call with its request metrics; `cancelled` (whether the caller has gone) is passed to
-        the one call that may wait long, HandleReloadConfigRequest."""
+        """One API call with its request metrics (`_metric_api`); `cancelled` (whether the caller has
+        gone) is passed to the one call that may wait long, HandleReloadConfigRequest."""
         start = time.perf_counter()
         handler = getattr(self, "_" + api)
+        label = _metric_api(api, entrypoint)
         try:
             response = handler(request, cancelled) if cancelled is not None else handler(request)
         except ServingStatus as exc:
-            self.metrics.request(_model_name(api, request), api, entrypoint, exc.code_name, 0.0)
+            if label is not None:
+                self.metrics.request(_model_name(api, request), label, entrypoint, exc.code_name, 0.0)
             raise
         except Exception:
-            self.metrics.request(_model_name(api, request), api, entrypoint, "INTERNAL", 0.0)
+            if label is not None:
+                self.metrics.request(_model_name(api, request), label, entrypoint, "INTERNAL", 0.0)
             raise
-        self.metrics.request(_model_name(api, request), api, entrypoint, "OK", (time.perf_counter() - start) * 1e6)
+        if label is not None:
+            self.metrics.request(_model_name(api, request), label, entrypoint, "OK",
+                                 (time.perf_counter() - start) * 1e6)
         return response
 
-    def _on_version(self, spec: Any, fn: Callable[[Any], Any]) -> Any:
+    def _on_version(self, spec: Any, fn: Callable[[Any], Any], runtime_api: str | None = None) -> Any:
+        """Run `fn` on the resolved version, held for the call. Predict, Classify and Regress name their
+        `runtime_api`: TF Serving records runtime_latency for those three only (predict_util.cc,
+        classifier.cc, regressor.cc), with the session run's time, once it succeeded."""
         lv = self.manager.resolve(spec)
         with lv.use():
-            start = time.perf_counter()
+            RUN_CLOCK.reset()
             result = fn(lv)
-            micros = (time.perf_counter() - start) * 1e6
-        self.metrics.runtime(lv.name, micros)
+        if runtime_api is not None:
+            self.metrics.runtime(lv.name, runtime_api, RUN_CLOCK.micros)
         return result
 
     def _Predict(self, request: Any) -> Any:  # noqa: N802 - API names
         return self._on_version(request.model_spec, lambda lv: inference.predict(
             lv, request, self.options.max_request_tensor_bytes, self.batching,
-            as_content=self.options.enable_serialization_as_tensor_content))
+            as_content=self.options.enable_serialization_as_tensor_content), "Predict")
 
     def _Classify(self, request: Any) -> Any:  # noqa: N802
         check = self.options.enable_signature_method_name_check
-        return self._on_version(request.model_spec, lambda lv: inference.classify(lv, request, check))
+        return self._on_version(request.model_spec, lambda lv: inference.classify(lv, request, check), "Classify")
 
     def _Regress(self, request: Any) -> Any:  # noqa: N802
         check = self.options.enable_signature_method_name_check
-        return self._on_version(request.model_spec, lambda lv: inference.regress(lv, request, check))
+        return self._on_version(request.model_spec, lambda lv: inference.regress(lv, request, check), "Regress")
 
     def _MultiInference(self, request: Any) -> Any:  # noqa: N802
         if not request.tasks:
@@ -112,6 +121,20 @@ class Handlers:
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
+
+
+_GRPC_METERED = ("Predict", "Classify", "Regress")
+
+
+def _metric_api(api: str, entrypoint: str) -> str | None:
+    """The request_count / request_latency `API` label TF Serving gives a call, None for an unmetered one.
+
+    gRPC (prediction_service_impl.cc) meters Predict, Classify and Regress only, labelled so; REST
+    (http_server.cc) meters every request, labelled with the URL's verb (`predict`, `classify`,
+    `regress`) and "" for the GET routes (status, metadata)."""
+    if entrypoint == "REST":
+        return api.lower() if api in _GRPC_METERED else ""
+    return api if api in _GRPC_METERED else None
 
 
 def _model_name(api: str, request: Any) -> str:

@@ -249,6 +249,88 @@ def test_batching_merges_concurrent_requests_and_metrics_have_tf_serving_names(t
         'entrypoint="GRPC"' in page)
 
 
+def _runtime_counts(tfs, model: str) -> dict[str, int]:
+    """runtime_latency observation counts of `model` by its API label, from the metrics page."""
+    page = urllib.request.urlopen(tfs["rest"] + "/monitoring/prometheus/metrics", timeout=10).read().decode()
+    counts = {}
+    for line in page.splitlines():
+        if line.startswith(":tensorflow:serving:runtime_latency_count{") and f'model_name="{model}"' in line:
+            api = line.split('API="')[1].split('"')[0]
+            counts[api] = int(float(line.split()[-1]))
+    return counts
+
+
+def test_runtime_latency_is_labelled_with_the_api_that_ran_the_model(tfs):
+    """TF Serving records runtime_latency in predict_util.cc, classifier.cc and regressor.cc with
+    API = Predict / Classify / Regress; MultiInference and GetModelMetadata record none."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        inference_pb2,
+        regression_pb2,
+    )
+
+    predict, _ = _stub(tfs["grpc"])
+    before = _runtime_counts(tfs, "default")
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name, classify.model_spec.signature_name = "default", "classify_x_to_y"
+    classify.input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
+    predict.Classify(classify, 10)
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name, regress.model_spec.signature_name = "default", "regress_x_to_y"
+    regress.input.CopyFrom(classify.input)
+    predict.Regress(regress, 10)
+    predict.Regress(regress, 10)
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.input.CopyFrom(classify.input)
+    task = multi.tasks.add()
+    task.model_spec.name, task.model_spec.signature_name = "default", "regress_x_to_y"
+    task.method_name = "tensorflow/serving/regress"
+    predict.MultiInference(multi, 10)
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.model_spec.name = "default"
+    metadata.metadata_field.append("signature_def")
+    predict.GetModelMetadata(metadata, 10)
+    predict.Predict(_x_request(), 10)
+    after = _runtime_counts(tfs, "default")
+    grown = {api: after[api] - before.get(api, 0) for api in after if after[api] != before.get(api, 0)}
+    assert grown == {"Classify": 1, "Regress": 2, "Predict": 1}
+
+
+def _metric_values(tfs, prefix: str) -> dict[str, float]:
+    """Lines of the metrics page starting with `prefix`: the rest of the name with labels -> value."""
+    page = urllib.request.urlopen(tfs["rest"] + "/monitoring/prometheus/metrics", timeout=10).read().decode()
+    return {line[len(prefix):].rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in page.splitlines() if line.startswith(prefix)}
+
+
+def test_request_metrics_meter_the_calls_tf_serving_meters(tfs):
+    """gRPC (prediction_service_impl.cc): request_count / request_latency for Predict, Classify and
+    Regress only. REST (http_server.cc): every request, API = the URL's verb, "" for a GET route."""
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+    predict, models = _stub(tfs["grpc"])
+    latency = ":tensorflow:serving:request_latency_count"
+    count = ':tensorflow:serving:request_count{model_name="half_plus_three",status="OK"}'
+    before = {**_metric_values(tfs, latency), **_metric_values(tfs, count)}
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.model_spec.name = "half_plus_three"
+    metadata.metadata_field.append("signature_def")
+    predict.GetModelMetadata(metadata, 10)
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "half_plus_three"
+    models.GetModelStatus(status, 10)
+    predict.Predict(_x_request("half_plus_three"), 10)
+    assert _rest(tfs["rest"] + "/v1/models/half_plus_three")[0] == 200
+    assert _rest(tfs["rest"] + "/v1/models/half_plus_three:predict", {"instances": [1.0]})[0] == 200
+    after = {**_metric_values(tfs, latency), **_metric_values(tfs, count)}
+    grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert grown == {"": 3,  # the request_count line: gRPC Predict, REST GET, REST predict
+                     '{API="Predict",entrypoint="GRPC",model_name="half_plus_three"}': 1,
+                     '{API="",entrypoint="REST",model_name="half_plus_three"}': 1,
+                     '{API="predict",entrypoint="REST",model_name="half_plus_three"}': 1}
+
+
 def _batch_counts(tfs) -> tuple[int, int]:
     page = urllib.request.urlopen(tfs["rest"] + "/monitoring/prometheus/metrics", timeout=10).read().decode()
     count = total = 0
