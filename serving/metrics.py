@@ -98,6 +98,15 @@ class Metrics:
                 cell = self._histograms.setdefault(key, Histogram(self._lock, tuple(buckets)))
         return cell
 
+    def counter_total(self, name: str) -> int:
+        """A counter's value as a ReloadConfigRequest's `metric_names` reads it (model_service_impl.cc
+        GetMetrics; 0 when it has no cell). `name` may use TF Serving's `/` spelling. TF Serving reads the
+        metric's first point, the same for a counter with one cell; for one with several cells (per model,
+        per status) that point is whichever sorts first, so the total over the cells is answered here."""
+        wanted = name.replace("/", ":")
+        with self._lock:
+            return int(sum(cell.value for (n, _), cell in self._counters.items() if n == wanted))
+
     def count(self, name: str, value: float = 1.0, **labels: str) -> None:
         self.counter(name, **labels).add(value)
 

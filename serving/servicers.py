@@ -117,9 +117,12 @@ class Handlers:
             entries = repo.parse_models_config(text_format.MessageToString(request.config), "ReloadConfigRequest")
         except repo.ModelConfigError as exc:
             raise invalid_argument(str(exc)) from exc
+        before = {name: self.metrics.counter_total(name) for name in request.metric_names}
         self.manager.apply_config(entries, wait=True, cancelled=cancelled)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
+        for name, value in before.items():  # how much each named counter grew during the reload
+            response.metric.add(name=name, int64_value_increase=self.metrics.counter_total(name) - value)
         return response
 
 

@@ -53,12 +53,12 @@ def _config(*models: tuple[str, str], platform: str = "tensorflow"):
     return config
 
 
-def _reload(address: str, config, timeout: float = 60.0):
+def _reload(address: str, config, timeout: float = 60.0, metric_names: tuple[str, ...] = ()):
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        request = model_management_pb2.ReloadConfigRequest()
+        request = model_management_pb2.ReloadConfigRequest(metric_names=list(metric_names))
         if config is not None:
             request.config.CopyFrom(config)
         return stub.HandleReloadConfigRequest(request, timeout=timeout)
@@ -93,9 +93,13 @@ def server(tmp_path):
 
 def test_a_new_model_is_available_when_the_reload_returns(server, tmp_path):
     _good(tmp_path / "added" / "7")
-    response = _reload(server.address, _config(("good", str(tmp_path / "good")), ("added", str(tmp_path / "added"))))
+    loads = "/tensorflow/cc/saved_model/load_attempt_count"
+    response = _reload(server.address, _config(("good", str(tmp_path / "good")), ("added", str(tmp_path / "added"))),
+                       metric_names=(loads, "/no/such/metric"))
     assert response.status.error_code == 0
     assert _states(server.address, "added") == {7: ("AVAILABLE", "")}
+    # model_service_impl.cc RecordMetricsIncrease: each named metric's growth during the call
+    assert {m.name: m.int64_value_increase for m in response.metric} == {loads: 1, "/no/such/metric": 0}
 
 
 def test_a_new_model_loading_on_a_retry_is_waited_for(server, tmp_path):
