@@ -112,8 +112,7 @@ def resolve_model_folder(model_base_path: str, model_name: str) -> str:
 
 
 def config_entries(options: ServerOptions) -> tuple[list[repo.ModelEntry], str | None]:
-    """The models to serve and the config file's text they came from (None without a config file): the
-    poller compares later reads with this text, so a change made while the server starts is not missed."""
+    """The models to serve and the config file's text they came from (None without a config file)."""
     if options.model_config_file:
         text = storage.read_text(options.model_config_file)
         return repo.parse_models_config(text, source=str(options.model_config_file)), text
@@ -155,7 +154,7 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
     for name, value in sorted(options.ignored.items()):
         log.warning("flag --%s=%s has no effect in retina serve (accepted for compatibility)", name, value)
     check_session_flags(options)
-    entries, config_text = config_entries(options)  # every file is checked before TensorFlow starts
+    entries, _ = config_entries(options)  # every file is checked before TensorFlow starts
     batching = _batching(options, max_batch_size)
     prometheus_path = read_prometheus_path(options.monitoring_config_file) if options.monitoring_config_file else None
     channel_options = grpc_server_options(options.grpc_channel_arguments)
@@ -189,8 +188,7 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
         raise
     handlers = Handlers(manager, options, metrics, batching is not None)
     try:
-        return _start_endpoints(options, manager, handlers, prometheus_path, channel_options, cache_dir,
-                                config_text)
+        return _start_endpoints(options, manager, handlers, prometheus_path, channel_options, cache_dir)
     except BaseException:
         manager.close()
         shutil.rmtree(cache_dir, ignore_errors=True)
@@ -198,8 +196,7 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
 
 
 def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Handlers,
-                     prometheus_path: str | None, channel_options: list, cache_dir: Path,
-                     config_text: str | None) -> RunningServer:
+                     prometheus_path: str | None, channel_options: list, cache_dir: Path) -> RunningServer:
     import grpc
 
     grpc_options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -228,7 +225,7 @@ def _start_endpoints(options: ServerOptions, manager: ModelManager, handlers: Ha
         running._rest.start()  # noqa: SLF001
     server.start()
     running._poller = threading.Thread(target=_poll,  # noqa: SLF001
-                                       args=(options, manager, running._stop_event, config_text),  # noqa: SLF001
+                                       args=(options, manager, running._stop_event),  # noqa: SLF001
                                        daemon=True, name="retina-version-poller")
     running._poller.start()  # noqa: SLF001
     log.info("serving %s on %s:%d (gRPC)%s", ", ".join(e.name for e in manager.entries()), options.host, bound,
@@ -244,22 +241,21 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else _grpc_host(host)
 
 
-def _poll(options: ServerOptions, manager: ModelManager, stop: threading.Event, applied_text: str | None) -> None:
+def _poll(options: ServerOptions, manager: ModelManager, stop: threading.Event) -> None:
     """Every `file_system_poll_wait_seconds`: new versions and due retries; every
-    `model_config_file_poll_wait_seconds`: a config file whose text differs from `applied_text` (what the
-    server started with, not a first read here: a change made meanwhile would go unseen). 0 polls versions
-    once (TF Serving's rule); any error is logged and the loop goes on."""
+    `model_config_file_poll_wait_seconds`: the config file (`_apply_config_file`). 0 polls versions once
+    (TF Serving's rule); any error is logged and the loop goes on."""
     version_every = options.file_system_poll_wait_seconds
     config_every = options.model_config_file_poll_wait_seconds if options.model_config_file else 0
     if version_every <= 0 and config_every <= 0:
         return
-    state = {"text": applied_text, "rejected": None, "config_at": time.monotonic()}
+    state = {"rejected": None, "config_at": time.monotonic()}
     tick = min(x for x in (version_every, config_every) if x > 0)
     while not stop.wait(tick):
         try:
             if config_every > 0 and time.monotonic() - state["config_at"] >= config_every:
                 state["config_at"] = time.monotonic()
-                _apply_changed_config(options, manager, state, stop)
+                _apply_config_file(options, manager, state, stop)
             if version_every > 0:
                 manager.refresh()
         except Exception:  # noqa: BLE001 - keep polling; what is loaded keeps serving
@@ -276,22 +272,24 @@ def _read_config(options: ServerOptions) -> str | None:
         return None
 
 
-def _apply_changed_config(options: ServerOptions, manager: ModelManager, state: dict, stop: threading.Event) -> None:
-    """TF Serving's `PollFilesystemAndReloadConfig`: a changed file is applied as a reload is, waiting for
-    the models it adds (this thread keeps polling their versions meanwhile); a model that did not become
-    available leaves the config applied and is logged, as TF Serving logs the failed ReloadConfig."""
+def _apply_config_file(options: ServerOptions, manager: ModelManager, state: dict, stop: threading.Event) -> None:
+    """TF Serving's `PollFilesystemAndReloadConfig`: at every poll the file's config is reloaded, so the
+    file wins over a HandleReloadConfigRequest made meanwhile (which the next poll reverts, as in TF
+    Serving); the same config as the one served changes nothing and is skipped. It is applied as a reload
+    is, waiting for the models it adds (this thread keeps polling versions meanwhile); a model that did
+    not become available leaves the config applied and is logged. A refused file is logged once."""
     text = _read_config(options)
-    if text is None or text == state["text"]:
+    if text is None:
         return
-    try:  # a rejected config is retried on the next poll (its version may appear), logged once
-        manager.apply_config(repo.parse_models_config(text, options.model_config_file), wait=True,
-                             cancelled=stop.is_set)
-        log.info("applied changed model config %s", options.model_config_file)
-        state["text"] = text
+    try:
+        entries = repo.parse_models_config(text, options.model_config_file)
+        if {e.name: e for e in entries} == {e.name: e for e in manager.entries()}:
+            return
+        manager.apply_config(entries, wait=True, cancelled=stop.is_set)
+        log.info("applied model config %s", options.model_config_file)
     except NewModelsUnavailable as exc:
         log.error("model config %s applied, but: %s", options.model_config_file, exc.message)
-        state["text"] = text
-    except (RetinaError, ServingStatus) as exc:
+    except (RetinaError, ServingStatus) as exc:  # retried at the next poll (a version may appear)
         if text != state["rejected"]:
             log.error("model config %s not applied: %s", options.model_config_file, exc)
         state["rejected"] = text

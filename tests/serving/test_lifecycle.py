@@ -174,24 +174,23 @@ def test_poller_survives_a_broken_config_and_applies_the_next_good_one(tmp_path,
 
 
 def test_a_config_changed_while_the_server_starts_is_not_missed(tmp_path, caplog):
-    """The poller compares with the config the server started with, not with its own first read (which
+    """The poller compares the file with the config being served, not with its own first read (which
     may already see the next version of the file when its thread starts late)."""
     from serving.model_repository import ModelEntry, format_models_config
     from serving.options import ServerOptions
-    from serving.server import _poll, config_entries, start_server
+    from serving.server import _poll, start_server
 
     _install(tmp_path, "1")
     config = tmp_path / "models.config"
     config.write_text(format_models_config([ModelEntry("m", str(tmp_path / "m"))]))
     options = ServerOptions(port=0, model_config_file=str(config), file_system_poll_wait_seconds=0,
                             model_config_file_poll_wait_seconds=0.05)
-    _, started_with = config_entries(options)
     server = start_server(dataclasses.replace(options, model_config_file_poll_wait_seconds=0))  # no own poller
     stop = threading.Event()
     try:
         caplog.set_level(logging.INFO, logger="serving.server")
         config.write_text("this is { not a config")  # changed before this poller's first read
-        poller = threading.Thread(target=_poll, args=(options, server.manager, stop, started_with), daemon=True)
+        poller = threading.Thread(target=_poll, args=(options, server.manager, stop), daemon=True)
         poller.start()
         _wait(lambda: "not applied" in caplog.text, timeout_s=20)
     finally:

@@ -203,3 +203,26 @@ def test_a_moved_model_unloads_the_versions_of_its_old_base_path(server, tmp_pat
         assert time.monotonic() < deadline, "the version from the old base path was never unloaded"
         time.sleep(0.05)
     assert sorted(server.manager.model("good").versions) == [2]
+
+
+def test_a_polled_config_file_reverts_a_reload_at_its_next_poll(tmp_path):
+    """TF Serving's server.cc reloads `--model_config_file` at every poll, changed or not: a config sent
+    with HandleReloadConfigRequest lasts until the next poll."""
+    from serving.model_repository import ModelEntry, format_models_config
+    from serving.options import ServerOptions
+    from serving.server import start_server
+
+    _good(tmp_path / "good" / "1")
+    _good(tmp_path / "other" / "1")
+    config = tmp_path / "models.config"
+    config.write_text(format_models_config([ModelEntry("good", str(tmp_path / "good"))]))
+    options = ServerOptions(port=0, model_config_file=str(config), file_system_poll_wait_seconds=0.05,
+                            model_config_file_poll_wait_seconds=0.3)
+    with start_server(options) as running:
+        _reload(running.address, _config(("other", str(tmp_path / "other"))))
+        assert [e.name for e in running.manager.entries()] == ["other"]
+        deadline = time.monotonic() + 30
+        while [e.name for e in running.manager.entries()] != ["good"]:
+            assert time.monotonic() < deadline, "the polled config file never took over again"
+            time.sleep(0.05)
+        assert _states(running.address, "good") == {1: ("AVAILABLE", "")}
