@@ -147,6 +147,9 @@ def test_a_new_model_without_versions_keeps_the_call_waiting(server, tmp_path):
     with pytest.raises(grpc.RpcError) as waited:
         _reload(server.address, config, timeout=1.0)
     assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the caller gone, the server stops waiting for it (TF Serving would hold its config lock until a
+    # version loads): the same config again is not new and returns at once, and no thread is left waiting
+    assert _reload(server.address, config, timeout=10).status.error_code == 0
     _good(tmp_path / "good" / ".2.tmp").rename(tmp_path / "good" / "2")  # polling goes on meanwhile
     _good(tmp_path / "later" / ".4.tmp").rename(tmp_path / "later" / "4")
     deadline = time.monotonic() + 60
