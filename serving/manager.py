@@ -32,7 +32,7 @@ from typing import Any
 from components.common import storage
 from serving import model_repository as repo
 from serving.options import BatchingParameters, ServerOptions, read_session_config, saved_model_tags
-from serving.servable import LoadedVersion, load_session, read_warmup_records
+from serving.servable import LoadedVersion, load_error, load_session, read_warmup_records
 from serving.status import ServingStatus, failed_precondition, invalid_argument, not_found
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class ModelManager:
             retries_left = attempts <= self._options.max_num_load_retries
             log.error("failed to load %s version %d (attempt %d): %s", name, version, attempts, exc)
             served.states[version] = VersionState(
-                "LOADING" if retries_left else "END", "UNKNOWN", f"{type(exc).__name__}: {exc}", attempts,
+                "LOADING" if retries_left else "END", *load_error(exc), attempts,
                 time.monotonic() + self._options.load_retry_interval_micros / 1e6)
             self._on_event(name, "load_failed", version, str(exc))
             return None

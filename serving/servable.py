@@ -26,6 +26,7 @@ import numpy as np
 
 from components.common import quiet
 from serving.batching import Batcher
+from serving.model_repository import SAVED_MODEL_FILE
 from serving.options import BatchingParameters
 from serving.status import ServingStatus, failed_precondition, from_tf_error
 
@@ -197,10 +198,27 @@ def load_session(path: Path, config: Any = None, tags: list[str] | None = None) 
         try:
             with graph.as_default():
                 meta_graph = tf.compat.v1.saved_model.loader.load(session, tags or SAVED_MODEL_TAGS, str(path))
+        except OSError as exc:
+            session.close()
+            if str(exc).startswith("Cannot parse file"):  # TF Serving's C++ reader (env.cc ReadBinaryProto)
+                raise ServingStatus("DATA_LOSS", f"Can't parse {path / SAVED_MODEL_FILE} as binary proto") from exc
+            raise
         except Exception:
             session.close()
             raise
     return session, meta_graph
+
+
+def load_error(exc: BaseException) -> tuple[str, str]:
+    """(code name, message) of a failed load, as GetModelStatus and a reload report it: a ServingStatus or a
+    TensorFlow error keeps its canonical code (TF Serving passes the loader's status on), anything else is
+    UNKNOWN with the exception's type."""
+    if isinstance(exc, ServingStatus):
+        return exc.code_name, exc.message
+    if isinstance(exc, quiet.import_tensorflow().errors.OpError):
+        status = from_tf_error(exc)
+        return status.code_name, status.message
+    return "UNKNOWN", f"{type(exc).__name__}: {exc}"
 
 
 def read_warmup_records(path: Path) -> list[Any]:

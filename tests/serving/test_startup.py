@@ -84,7 +84,8 @@ def test_only_the_model_without_an_available_version_is_named(tmp_path, private_
     config.write_text(format_models_config([ModelEntry("good", str(tmp_path / "good")),
                                             ModelEntry("bad", str(tmp_path / "bad"))]))
     with pytest.raises(ModelsNotAvailable, match=r"1 servable\(s\) did not become available: "
-                                                 r"\{\{\{name: bad version: 7\} due to error: UNKNOWN: ") as failure:
+                                                 r"\{\{\{name: bad version: 7\} due to error: DATA_LOSS: Can't parse "
+                                                 r".*/bad/7/saved_model.pb as binary proto\}, \}") as failure:
         start_server(ServerOptions(port=0, model_config_file=str(config), max_num_load_retries=0))
     assert "name: good" not in str(failure.value)
     assert list(private_tmp.iterdir()) == []
