@@ -466,9 +466,9 @@ def _valid_axis(length: Any, scale: Any, shift: Any, out_size: Any) -> Any:
 
 
 def _antialias(crop: Any, ratio: Any) -> Any:
-    """params.antialias_kernel applied as ops.crop_and_scale does (cv2.sepFilter2D, reflect-101, uint8
-    rounding): a Gaussian of σ = ANTIALIAS_SIGMA · ratio with round(2σ) taps a side, as 5 taps with zeros
-    outside (the ratio stays < 3.75, so σ < 1.05 and at most 2 taps a side); none below the threshold."""
+    """params.antialias_kernel applied as ops.crop_and_scale does (cv2.GaussianBlur with those taps,
+    reflect-101, uint8 result): a Gaussian of σ = ANTIALIAS_SIGMA · ratio with round(2σ) taps a side, as
+    5 taps with zeros outside (the ratio stays < 3.75, so σ < 1.05 and at most 2 taps a side); none below the threshold."""
     import tensorflow as tf
 
     def filtered() -> Any:

@@ -212,13 +212,19 @@ def canvas_multiple(ratio: float) -> int:
     return max(1, math.floor(ratio / CANVAS_RATIO + 0.5))
 
 
+def antialias_sigma(ratio: float) -> float:
+    """σ of the Gaussian that low-passes the source of a warp shrinking by `ratio` (source px)."""
+    return ANTIALIAS_SIGMA * ratio
+
+
 def antialias_kernel(ratio: float) -> tuple[float, ...]:
-    """1-D Gaussian taps (σ = ANTIALIAS_SIGMA · ratio, round(2σ) taps each side of the centre, at least one;
+    """1-D Gaussian taps (σ = `antialias_sigma(ratio)`, round(2σ) taps each side of the centre, at least one;
     normalised) low-passing the source of a warp that shrinks by `ratio`; `(1.0,)` below
-    ANTIALIAS_MIN_RATIO. Both paths filter with exactly these taps (reflect-101 border, uint8 rounding)."""
+    ANTIALIAS_MIN_RATIO. Both paths filter with these taps (reflect-101 border, uint8 result); OpenCV's
+    uint8 GaussianBlur applies them in fixed point, within one grey level of the float result."""
     if ratio < ANTIALIAS_MIN_RATIO:
         return (1.0,)
-    sigma = ANTIALIAS_SIGMA * ratio
+    sigma = antialias_sigma(ratio)
     return gaussian_taps(sigma, max(1, math.floor(2 * sigma + 0.5)))
 
 

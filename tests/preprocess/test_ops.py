@@ -214,3 +214,20 @@ def test_the_warp_s_antialiasing_kernel_fits_the_serving_graph_s_five_taps():
         taps = antialias_kernel(ratio / n)
         assert len(taps) <= 5 and len(taps) % 2 == 1 and abs(sum(taps) - 1) < 1e-12
         assert (len(taps) == 1) == (ratio / n < ANTIALIAS_MIN_RATIO)
+
+
+def test_opencv_s_gaussian_blur_applies_the_antialiasing_taps():
+    """ops.crop_and_scale filters with cv2.GaussianBlur(size, σ) (its fast uint8 path) while the serving graph
+    convolves `antialias_kernel`'s taps: OpenCV's kernel is those taps, and the uint8 results agree within one
+    grey level of the float convolution."""
+    from components.preprocess.params import antialias_kernel, antialias_sigma
+
+    image = cv2.GaussianBlur(np.random.default_rng(4).integers(0, 256, (60, 50, 3), np.uint8), (0, 0), 1.0)
+    for ratio in (1.5, 1.9, 2.5, 3.0, 3.7):
+        taps = np.asarray(antialias_kernel(ratio))
+        opencv = cv2.getGaussianKernel(len(taps), antialias_sigma(ratio), cv2.CV_64F).ravel()
+        np.testing.assert_allclose(opencv, taps, atol=1e-12)
+        fast = cv2.GaussianBlur(image, (len(taps), len(taps)), antialias_sigma(ratio),
+                                borderType=cv2.BORDER_REFLECT_101)
+        exact = cv2.sepFilter2D(image.astype(np.float64), -1, taps, taps, borderType=cv2.BORDER_REFLECT_101)
+        assert np.abs(fast - exact).max() <= 1.0
