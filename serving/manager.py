@@ -14,8 +14,14 @@ Like TF Serving's ServerCore / AspiredVersionsManager:
   file) waits for the models it adds and fails with their load error, the config staying applied;
 - an unloaded version is closed on its own thread (UNLOADING -> END): its session, batch threads and
   downloaded copy are freed once its last request has finished;
-- labels must point at available versions (FAILED_PRECONDITION otherwise) unless
-  `--allow_version_labels_for_unavailable_models` allows a new label to wait for its version.
+- labels are checked as TF Serving's `ServerCore::ReloadConfig` checks them (`UpdateModelVersionLabelMap`,
+  run *before* `AddModelsViaModelConfigList`): against the versions AVAILABLE when the config arrives and
+  the label map in force, so a label naming a version the same config would load is refused
+  (FAILED_PRECONDITION), nothing of that config is loaded, and the labels in force stay. That is also
+  true of the first config (nothing available yet: the server does not start) and of every poll of a
+  config file. `--allow_version_labels_for_unavailable_models` lets a *new* label, or one keeping its
+  version, wait for it; moving a label to another version still needs that version AVAILABLE (load it
+  first, then move the label); `--force_allow_any_version_labels_for_unavailable_models` allows any.
 """
 
 from __future__ import annotations
@@ -92,10 +98,10 @@ class ModelManager:
     # ------------------------------------------------------------ config and polling
     def apply_config(self, entries: list[repo.ModelEntry], wait: bool = False,
                      cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Serve exactly these models: load what is new first, check labels, then swap and unload.
+        """Serve exactly these models: check labels, then load what is new, swap and unload.
 
-        A label naming a version that is not available raises FAILED_PRECONDITION and changes nothing
-        (what was loaded for the rejected config is unloaded again). With `wait` (a reload: gRPC or a
+        A label that TF Serving would refuse raises FAILED_PRECONDITION before anything loads, so a refused
+        config changes nothing (`_check_labels`). With `wait` (a reload: gRPC or a
         changed config file), TF Serving's `ServerCore::AddModelsViaModelConfigList` for a config after
         the first: once applied, wait until every model *new to the config* has a version AVAILABLE or one
         that ended in an error after its retries (`_await_models`). Removed models are not waited for.
@@ -115,24 +121,18 @@ class ModelManager:
                 raise ServingStatus("CANCELLED", "config reload cancelled while an earlier reload was waiting")
 
     def _apply(self, entries: list[repo.ModelEntry]) -> list[str]:
-        """Load, check labels, swap, unload removed models; returns the names new to the config."""
+        """Check labels, load, swap, unload removed models; returns the names new to the config."""
         with self._refresh_lock:
+            labels = {entry.name: self._check_labels(entry) for entry in entries}
             new_models = {}
             for entry in entries:
                 old = self._models.get(entry.name)
                 same = old is not None and old.entry.base_path == entry.base_path
                 new_models[entry.name] = ServedModel(entry, old.versions, old.states, old.labels) if same \
                     else ServedModel(entry)
-            plans = {name: self._load_new_versions(served) for name, served in new_models.items()}
-            try:
-                labels = {name: self._check_labels(served, *plans[name]) for name, served in new_models.items()}
-            except ServingStatus:
-                for name, (loaded, _) in plans.items():
-                    self._unload([lv for v, lv in loaded.items() if v not in new_models[name].versions])
-                raise
             for name, served in new_models.items():
                 served.labels = labels[name]
-                self._swap_in(served, *plans[name])
+                self._swap_in(served, *self._load_new_versions(served))
             added = [name for name in new_models if name not in self._models]
             removed = [m for name, m in self._models.items() if name not in new_models]
             replaced = [m for name, m in self._models.items() if name in new_models and new_models[name].entry
@@ -187,16 +187,27 @@ class ModelManager:
                 return version, state
         return None
 
-    def _check_labels(self, served: ServedModel, loaded: dict[int, LoadedVersion], wanted: set[int]) -> dict:
-        allow_new = self._options.allow_version_labels_for_unavailable_models
-        for label, version in served.entry.labels.items():
-            available = version in loaded and version in wanted
-            is_new = served.labels.get(label) in (None, version)
-            if not available and not (allow_new and is_new):
+    def _check_labels(self, entry: repo.ModelEntry) -> dict[str, int]:
+        """TF Serving's `UpdateModelVersionLabelMap`, run before the config's models are added: each label
+        must name a version of this model that is AVAILABLE *now* (whatever base path or policy served
+        it), unless `force_allow_any_version_labels_for_unavailable_models`, or
+        `allow_version_labels_for_unavailable_models` and the label is not in force on another version.
+        Why it matters: a config that loads v2 and moves `stable` from v1 to v2 in one step is refused by
+        TF Serving even with the flag, on every poll, so the new version never serves."""
+        served = self._models.get(entry.name)
+        in_force = served.labels if served is not None else {}
+        states = served.states if served is not None else {}
+        for label, version in entry.labels.items():
+            if self._options.force_allow_any_version_labels_for_unavailable_models:
+                continue
+            allowed = (self._options.allow_version_labels_for_unavailable_models
+                       and in_force.get(label, version) == version)
+            available = version in states and states[version].state == "AVAILABLE"
+            if not (allowed or available):
                 raise failed_precondition(
-                    f"Request to assign label to version {version} of model {served.entry.name}, which is not "
+                    f"Request to assign label to version {version} of model {entry.name}, which is not "
                     "currently available for inference")
-        return dict(served.entry.labels)
+        return dict(entry.labels)
 
     def refresh(self) -> None:
         """One poll: pick up new versions, retry failed loads that are due, drop unwanted versions."""

@@ -38,7 +38,6 @@ IGNORED_FLAGS: dict[str, Any] = {
     "num_tflite_pools": CPUS, "num_tflite_interpreters_per_pool": 1, "enable_profiler": True,
     "thread_pool_factory_config_file": "", "mixed_precision": "", "skip_initialize_tpu": False,
     "xla_cpu_compilation_enabled": False, "xla_gpu_compilation_enabled": False,
-    "force_allow_any_version_labels_for_unavailable_models": False,
 }
 
 
@@ -61,6 +60,7 @@ class ServerOptions:
     enable_batching: bool = False
     batching_parameters_file: str = ""
     allow_version_labels_for_unavailable_models: bool = False
+    force_allow_any_version_labels_for_unavailable_models: bool = False
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60 * 1000 * 1000
     enable_model_warmup: bool = True
@@ -117,7 +117,9 @@ _FLAG_HELP: dict[str, str] = {
     "file_system_poll_wait_seconds": "seconds between polls for new versions (0: poll once)",
     "enable_batching": "merge concurrent requests into one model call",
     "batching_parameters_file": "text BatchingParameters",
-    "allow_version_labels_for_unavailable_models": "a new label may name a version not loaded yet",
+    "allow_version_labels_for_unavailable_models": "a new label, or one keeping its version, may name a version "
+                                                   "not AVAILABLE yet (moving a label still needs it AVAILABLE)",
+    "force_allow_any_version_labels_for_unavailable_models": "any label may name a version not AVAILABLE",
     "max_num_load_retries": "retries of a failed version load",
     "load_retry_interval_micros": "wait between load retries",
     "enable_model_warmup": "replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE",

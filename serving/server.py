@@ -48,8 +48,17 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-class ModelsNotAvailable(RetinaError):
+class ServerNotStarted(RetinaError):
+    """TF Serving's main.cc refusal, "Failed to start server. Error: <status>": the first config was refused
+    (a version label TF Serving's `ReloadConfig` refuses, before any model loads) or its models failed."""
+
+
+class ModelsNotAvailable(ServerNotStarted):
     """The server did not start: an initial version of a model ended in an error after its load retries."""
+
+
+def _start_error(exc: ServingStatus) -> str:
+    return f"Failed to start server. Error: {exc.code_name}: {exc.message}"
 
 
 @dataclass
@@ -172,9 +181,9 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
 
     try:
         manager = ModelManager(entries, cache_dir, options, batching, on_event)
-    except ServingStatus as exc:
+    except ServingStatus as exc:  # the first config's labels, checked before anything loads
         shutil.rmtree(cache_dir, ignore_errors=True)
-        raise RetinaError(f"model config rejected: {exc.message}") from exc
+        raise ServerNotStarted(_start_error(exc)) from exc
     except RetinaError:
         shutil.rmtree(cache_dir, ignore_errors=True)
         raise
@@ -184,7 +193,7 @@ def start_server(options: ServerOptions | None = None, **kwargs: Any) -> Running
         manager.close()
         shutil.rmtree(cache_dir, ignore_errors=True)
         if isinstance(exc, ServingStatus):  # TF Serving's main.cc: "Failed to start server. Error: <status>"
-            raise ModelsNotAvailable(f"Failed to start server. Error: {exc.code_name}: {exc.message}") from exc
+            raise ModelsNotAvailable(_start_error(exc)) from exc
         raise
     handlers = Handlers(manager, options, metrics, batching is not None)
     try:
@@ -249,13 +258,13 @@ def _poll(options: ServerOptions, manager: ModelManager, stop: threading.Event) 
     config_every = options.model_config_file_poll_wait_seconds if options.model_config_file else 0
     if version_every <= 0 and config_every <= 0:
         return
-    state = {"rejected": None, "config_at": time.monotonic()}
+    state = {"config_at": time.monotonic()}
     tick = min(x for x in (version_every, config_every) if x > 0)
     while not stop.wait(tick):
         try:
             if config_every > 0 and time.monotonic() - state["config_at"] >= config_every:
                 state["config_at"] = time.monotonic()
-                _apply_config_file(options, manager, state, stop)
+                _apply_config_file(options, manager, stop)
             if version_every > 0:
                 manager.refresh()
         except Exception:  # noqa: BLE001 - keep polling; what is loaded keeps serving
@@ -272,12 +281,14 @@ def _read_config(options: ServerOptions) -> str | None:
         return None
 
 
-def _apply_config_file(options: ServerOptions, manager: ModelManager, state: dict, stop: threading.Event) -> None:
+def _apply_config_file(options: ServerOptions, manager: ModelManager, stop: threading.Event) -> None:
     """TF Serving's `PollFilesystemAndReloadConfig`: at every poll the file's config is reloaded, so the
     file wins over a HandleReloadConfigRequest made meanwhile (which the next poll reverts, as in TF
     Serving); the same config as the one served changes nothing and is skipped. It is applied as a reload
     is, waiting for the models it adds (this thread keeps polling versions meanwhile); a model that did
-    not become available leaves the config applied and is logged. A refused file is logged once."""
+    not become available leaves the config applied and is logged. A refused file (a label TF Serving's
+    `ReloadConfig` refuses: nothing of it is loaded) is logged at every poll, as TF Serving logs
+    "PollFilesystemAndReloadConfig failed to ReloadConfig: ...", and the config in force keeps serving."""
     text = _read_config(options)
     if text is None:
         return
@@ -289,7 +300,5 @@ def _apply_config_file(options: ServerOptions, manager: ModelManager, state: dic
         log.info("applied model config %s", options.model_config_file)
     except NewModelsUnavailable as exc:
         log.error("model config %s applied, but: %s", options.model_config_file, exc.message)
-    except (RetinaError, ServingStatus) as exc:  # retried at the next poll (a version may appear)
-        if text != state["rejected"]:
-            log.error("model config %s not applied: %s", options.model_config_file, exc)
-        state["rejected"] = text
+    except (RetinaError, ServingStatus) as exc:  # retried at the next poll, logged each time as TF Serving
+        log.error("model config %s not applied: %s", options.model_config_file, exc)

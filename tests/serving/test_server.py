@@ -237,8 +237,10 @@ def test_labels_reload_config_and_batching(tmp_path, export_cache):
     config = tmp_path / "models.config"
     write_models_config(str(config), [model_entry(str(tmp_path), MODEL_NAME, labels={"stable": 1, "canary": 2},
                                                   version_policy="all")])
+    # the first config's labels name versions not loaded yet: TF Serving starts only with the cluster's flag
     running = start_server(model_config_file=str(config), port=0, poll_interval_s=0.2, enable_batching=True,
-                           max_batch_size=8, config_poll_interval_s=0)  # a polled file would revert the reloads
+                           max_batch_size=8, config_poll_interval_s=0,  # a polled file would revert the reloads
+                           allow_version_labels_for_unavailable_models=True)
     images = np.random.default_rng(2).random((1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     try:
         with ServingClient(running.address) as client:
