@@ -183,6 +183,21 @@ def parse_models_config(text: str, source: str = "models.config") -> list[ModelE
     return entries
 
 
+def sets_model_config_list(text: str) -> bool:
+    """Whether a (parsable) models.config sets `model_config_list`, even an empty one. An empty file sets
+    no config at all, which TF Serving's `ReloadConfig` refuses after a ModelConfigList (a half-written
+    file must not unload every model), whereas `model_config_list {}` is a list that serves nothing."""
+    from google.protobuf import text_format
+
+    from serving import protos
+
+    protos.load()
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    return config.WhichOneof("config") == "model_config_list"
+
+
 SUPPORTED_PLATFORMS = ("tensorflow",)
 _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9.]*://")
 

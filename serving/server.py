@@ -40,7 +40,7 @@ from serving.options import (
     read_prometheus_path,
 )
 from serving.servicers import Handlers, Health, add_services
-from serving.status import ServingStatus
+from serving.status import ServingStatus, failed_precondition
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,8 @@ def _apply_config_file(options: ServerOptions, manager: ModelManager, stop: thre
     is, waiting for the models it adds (this thread keeps polling versions meanwhile); a model that did
     not become available leaves the config applied and is logged. A refused file (a label TF Serving's
     `ReloadConfig` refuses: nothing of it is loaded) is logged at every poll, as TF Serving logs
-    "PollFilesystemAndReloadConfig failed to ReloadConfig: ...", and the config in force keeps serving."""
+    "PollFilesystemAndReloadConfig failed to ReloadConfig: ...", and the config in force keeps serving. So
+    is a file that sets no config at all (empty: TF Serving only moves from one ModelConfigList to another)."""
     text = _read_config(options)
     if text is None:
         return
@@ -296,6 +297,9 @@ def _apply_config_file(options: ServerOptions, manager: ModelManager, stop: thre
         entries = repo.parse_models_config(text, options.model_config_file)
         if {e.name: e for e in entries} == {e.name: e for e in manager.entries()}:
             return
+        if not entries and not repo.sets_model_config_list(text):  # ReloadConfig's accept_transition
+            raise failed_precondition("Cannot transition to requested config. It is only legal to transition "
+                                      "from one ModelConfigList to another.")
         manager.apply_config(entries, wait=True, cancelled=stop.is_set)
         log.info("applied model config %s", options.model_config_file)
     except NewModelsUnavailable as exc:

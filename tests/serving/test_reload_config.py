@@ -228,3 +228,34 @@ def test_a_polled_config_file_reverts_a_reload_at_its_next_poll(tmp_path):
             assert time.monotonic() < deadline, "the polled config file never took over again"
             time.sleep(0.05)
         assert _states(running.address, "good") == {1: ("AVAILABLE", "")}
+
+
+def test_a_polled_file_that_sets_no_config_is_refused_and_an_empty_list_is_not(tmp_path, caplog):
+    """server_core.cc `ReloadConfig` accepts only a ModelConfigList after a ModelConfigList: an empty file
+    (say, one caught half-written) is FAILED_PRECONDITION and every model keeps serving; an explicit
+    `model_config_list {}` is a list, and removes them."""
+    import logging
+
+    from serving.model_repository import ModelEntry, format_models_config
+    from serving.options import ServerOptions
+    from serving.server import start_server
+
+    _good(tmp_path / "good" / "1")
+    config = tmp_path / "models.config"
+    config.write_text(format_models_config([ModelEntry("good", str(tmp_path / "good"))]))
+    options = ServerOptions(port=0, model_config_file=str(config), file_system_poll_wait_seconds=0.05,
+                            model_config_file_poll_wait_seconds=0.1)
+    with start_server(options) as running:
+        caplog.set_level(logging.ERROR, logger="serving.server")
+        config.write_text("")
+        refused = ("Cannot transition to requested config. It is only legal to transition from one "
+                   "ModelConfigList to another.")
+        deadline = time.monotonic() + 30
+        while sum(refused in r.getMessage() for r in caplog.records) < 2:
+            assert time.monotonic() < deadline, "the empty file was not refused at each poll"
+            time.sleep(0.05)
+        assert _states(running.address, "good") == {1: ("AVAILABLE", "")}
+        config.write_text("model_config_list {}\n")
+        while running.manager.entries():
+            assert time.monotonic() < deadline + 30, "an empty ModelConfigList never applied"
+            time.sleep(0.05)
