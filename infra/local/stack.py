@@ -514,9 +514,11 @@ def stop_model_server(home: str | Path | None = None, timeout_s: float = 10.0) -
 
 
 def _serve_argv(model_config_file: str, port: int) -> list[str]:
-    # TF Serving never re-reads the config unless told to (its default is 0); deploy relies on it (h19)
+    # TF Serving never re-reads the config unless told to (its default is 0); deploy relies on it (h19).
+    # The flag as infra/k8s/serving passes it: a config naming `stable` is refused at start-up without it.
     return [sys.executable, "-m", "components.cli", "serve", "--model_config_file", model_config_file,
-            "--port", str(port), "--model_config_file_poll_wait_seconds=2"]
+            "--port", str(port), "--model_config_file_poll_wait_seconds=2",
+            "--allow_version_labels_for_unavailable_models=true"]
 
 
 def _grpc_port_open(port: int) -> bool:
