@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export the registered version as a SavedModel, check it in a private model server "
         "(GetModelStatus AVAILABLE, one Predict) that no other request reaches, publish it into "
         "<serving-base>/<model>/<version>/ and move `stable` to it in <serving-base>/models.config; with "
-        "--server, wait until that server has loaded it (else the previous entry is restored).",
+        "--server, that server loads it first and `stable` moves once it is AVAILABLE (else the previous entry is "
+        "restored). Replacing an existing `stable` needs --server: TF Serving refuses a config that moves a label "
+        "to a version it has not loaded, even with --allow_version_labels_for_unavailable_models.",
     )
     p.add_argument("--model", required=True, help="registered model name, e.g. retina-oct")
     which = p.add_mutually_exclusive_group()
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--serving-base", required=True, help="TF Serving model repository (s3://models or a folder)"
     )
-    p.add_argument("--server", default="", help="HOST:PORT of the production server: wait until it has loaded it")
+    p.add_argument("--server", default="", help="HOST:PORT of the production server (needed to replace `stable`)")
     p.add_argument(
         "--server-base-path",
         default="",
@@ -64,7 +66,8 @@ def register_rollback(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="registered model name, e.g. retina-oct")
     p.add_argument("--serving-base", required=True, help="TF Serving model repository (s3://models or a folder)")
     p.add_argument("--server-base-path", default="", help="the repository as the server sees it")
-    p.add_argument("--server", default="", help="HOST:PORT: wait until the server has loaded the version")
+    p.add_argument("--server", default="", help="HOST:PORT: load the version there first (needed when `stable` "
+                   "no longer loads it)")
     p.set_defaults(func=_run_rollback)
 
 

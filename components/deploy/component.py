@@ -21,7 +21,9 @@ def deploy(
     server_base_path: str = "",
 ) -> NamedTuple("DeployOutputs", [("serving_version", int), ("endpoint", str)]):
     """Publish registry `version` (a number or an alias such as `champion`) of `model_name` into the TF
-    Serving repository at `serving_base_uri`; with `server_address`, canary-check it before `stable` moves."""
+    Serving repository at `serving_base_uri`; with `server_address`, the server loads it before `stable`
+    moves (needed to replace an existing `stable`: TF Serving refuses a label moved to a version it has not
+    loaded)."""
     from components.deploy.deployment import deploy_model
 
     result = deploy_model(

@@ -20,12 +20,24 @@ its own step (components/validate) and calls `push_version` from its push step.
    (`config_update.update_entry`: other models' entries are never lost): `stable` = the new version;
    the previous stable stays loaded only when it is older (a newer loaded version would take the
    default traffic).
-3. with a server address, step 2 happens in two phases, as TF Serving requires (a label may only name
-   a loaded version): the already validated version is added to the loaded versions, the server must
-   report it AVAILABLE, then `stable` moves. If it never loads, this model's previous entry is restored
-   and a folder published by this call is removed. Without a server address the one-step write needs
-   a server that accepts a label on a version it is still loading (the local server does; TF Serving
-   with `--allow_version_labels_for_unavailable_models`).
+3. TF Serving checks version labels before it loads anything of a new config (server_core.cc,
+   `ReloadConfig` -> `UpdateModelVersionLabelMap` -> `AddModelsViaModelConfigList`): a label may name a
+   version that is not AVAILABLE yet only when it is new or keeps its version, and only with
+   `--allow_version_labels_for_unavailable_models` (the cluster's flag). Moving `stable` from the old
+   version to one that same config would load is refused even with the flag, at every poll of
+   models.config, and nothing of that config loads: the new version would silently never serve. So
+   `stable` moves in two phases (`move_stable`) with a server address: the already validated version is
+   added to the loaded versions with `stable` kept where it is, the server must report it AVAILABLE, then
+   `stable` moves. If it never loads, this model's previous entry is restored and a folder published by
+   this call is removed.
+4. without a server address nobody can tell when the new version is AVAILABLE, so a push that would move
+   an existing `stable` to another version is refused (DeployError) before anything is published or
+   written: TF Serving would refuse the config. A first deploy (no `stable` yet) or re-pushing the stable
+   version is written in one step: a new or unchanged label is accepted by a running TF Serving with the
+   flag, and by a server started later on the written config. Replacing a model therefore needs the
+   production server's address: `server_address` / `--server`, else the environment variable
+   `RETINA_SERVING_ADDRESS`, which the pipeline's steps get on the cluster from the `retina-endpoints`
+   ConfigMap (the `tf-serving` Service, gRPC port 8500: infra/k8s/kubeflow/retina-endpoints.yaml).
 
 `server_base_path` is the repository as the *server* sees it (`/models` inside the TF Serving pod that
 mirrors `s3://models`, see infra/k8s/serving); it defaults to the environment variable
@@ -52,6 +64,7 @@ log = logging.getLogger(__name__)
 LABEL_STABLE = "stable"
 AVAILABLE = "AVAILABLE"
 SERVER_BASE_PATH_ENV = "RETINA_SERVER_BASE_PATH"
+SERVER_ADDRESS_ENV = "RETINA_SERVING_ADDRESS"  # the production model server, as pipeline steps see it
 
 
 class DeployError(RetinaError):
@@ -356,25 +369,45 @@ def check_privately(export_dir: Path, model_name: str, version: int, num_classes
 
 
 # --------------------------------------------------------------------------- the step
-def push_version(model_name: str, version: int, source: str | Path, serving_base_uri: str,
-                 server_base_path: str = "", server_address: str = "", timeout_s: float = 120.0) -> Deployment:
-    """Publish a checked SavedModel and move `stable` to it (see the module docstring)."""
-    from components.deploy.config_update import update_entry
-    from serving.model_repository import version_path
+def _current_entry(config_uri: str, model_name: str) -> Any | None:
+    from serving.model_repository import read_models_config
 
-    if not serving_base_uri:
-        raise DeployError("a serving base URI is required (the TF Serving model repository, s3:// or a folder)")
-    server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
-    version_uri = version_path(serving_base_uri, model_name, version)
-    config_uri = storage.join(serving_base_uri, "models.config")
-    published_now = publish_version(source, version_uri)
+    if not storage.exists(config_uri):
+        return None
+    return next((e for e in read_models_config(config_uri) if e.name == model_name), None)
+
+
+def refuse_unloaded_move(entry: Any | None, model_name: str, version: int, loaded_ok: bool = False) -> None:
+    """Raise DeployError when writing `stable` = `version` in one step would be refused by TF Serving: an
+    existing `stable` moves to a version the config in force does not load (with `loaded_ok`, a version
+    that entry already lists counts as loaded, as a rollback target kept for quick rollback is)."""
+    stable = stable_version(entry)
+    if stable is None or stable == version or (loaded_ok and _references(entry, version)):
+        return
+    raise DeployError(
+        f"{model_name}: moving `stable` from v{stable} to v{version} needs the production model server's "
+        f"address (server_address, `--server HOST:PORT` or {SERVER_ADDRESS_ENV}; on the cluster the tf-serving "
+        f"Service, port 8500): "
+        f"TF Serving refuses a config that moves a label to a version it has not loaded yet, even with "
+        f"--allow_version_labels_for_unavailable_models, so v{version} would never serve. Nothing was written. "
+        f"A first deploy, or a config for a server started later with that flag, needs no address.")
+
+
+def move_stable(config_uri: str, model_name: str, server_base: str, version: int, server_address: str = "",
+                timeout_s: float = 120.0, loaded_ok: bool = False) -> Any | None:
+    """Point `stable` at `version` in models.config without ever writing a config TF Serving refuses;
+    returns this model's entry before the move. Without a server address only a one-step write that
+    TF Serving accepts is made (`refuse_unloaded_move`, checked again under the config's concurrency
+    control). With one: phase one loads `version` with `stable` kept, waits until the server reports it
+    AVAILABLE (else the previous entry is restored and CanaryFailed raised), then phase two moves `stable`."""
+    from components.deploy.config_update import update_entry
+
+    def one_step(old: Any | None) -> Any:
+        refuse_unloaded_move(old, model_name, version, loaded_ok)
+        return promoted_entry(model_name, server_base, version, stable_version(old))
+
     if not server_address:
-        previous, _ = update_entry(config_uri, model_name, lambda old: promoted_entry(
-            model_name, server_base, version, stable_version(old)))
-        log.info("models.config: %s stable %s -> %d", model_name, stable_version(previous), version)
-        return Deployment(version, version_uri)
-    # TF Serving assigns a label only to a version it has loaded (unless started with
-    # --allow_version_labels_for_unavailable_models): load first, then move `stable`.
+        return update_entry(config_uri, model_name, one_step)[0]
     previous, _ = update_entry(config_uri, model_name, lambda old: loading_entry(
         model_name, server_base, version, stable_version(old)))
     try:
@@ -384,14 +417,38 @@ def push_version(model_name: str, version: int, source: str | Path, serving_base
             wait_available(client, model_name, version, timeout_s)
     except CanaryFailed:
         update_entry(config_uri, model_name, lambda _current: previous)
-        if published_now and not _references(previous, version):
-            storage.delete(version_uri)
         log.warning("the model server did not load %s v%d: restored the previous entry", model_name, version)
         raise
     update_entry(config_uri, model_name, lambda old: promoted_entry(model_name, server_base, version,
                                                                     stable_version(old)))
+    return previous
+
+
+def push_version(model_name: str, version: int, source: str | Path, serving_base_uri: str,
+                 server_base_path: str = "", server_address: str = "", timeout_s: float = 120.0) -> Deployment:
+    """Publish a checked SavedModel and move `stable` to it (see the module docstring). A push that cannot
+    be made safely (steps 3-4) leaves the repository as it was: a folder this call published is removed."""
+    from serving.model_repository import version_path
+
+    if not serving_base_uri:
+        raise DeployError("a serving base URI is required (the TF Serving model repository, s3:// or a folder)")
+    server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
+    server_address = server_address or os.environ.get(SERVER_ADDRESS_ENV, "")
+    version_uri = version_path(serving_base_uri, model_name, version)
+    config_uri = storage.join(serving_base_uri, "models.config")
+    if not server_address:  # refused before anything is uploaded
+        refuse_unloaded_move(_current_entry(config_uri, model_name), model_name, version)
+    published_now = publish_version(source, version_uri)
+    try:
+        previous = move_stable(config_uri, model_name, server_base, version, server_address, timeout_s)
+    except DeployError:
+        current = _current_entry(config_uri, model_name)
+        if published_now and not _references(current, version):
+            storage.delete(version_uri)
+        raise
     log.info("models.config: %s stable %s -> %d", model_name, stable_version(previous), version)
-    return Deployment(version, f"grpc://{server_address}/{model_name}/versions/{version}")
+    endpoint = f"grpc://{server_address}/{model_name}/versions/{version}" if server_address else version_uri
+    return Deployment(version, endpoint)
 
 
 def deploy_model(

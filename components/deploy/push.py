@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from components.common import storage
 from components.common.checks import Check
 from components.common.errors import RetinaError
-from components.deploy.deployment import Deployment, push_version, stable_version, wait_available
+from components.deploy.deployment import Deployment, push_version, stable_version
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +65,28 @@ def rollback(model_name: str, serving_base_uri: str, server_base_path: str = "",
              timeout_s: float = 120.0) -> tuple[str, str]:
     """`champion` and `stable` back to the blessed version the current champion replaced; returns (from, to).
 
-    The previous version's folder must still be in the repository: checked before anything moves.
+    The previous version's folder must still be in the repository: checked before anything moves. `stable`
+    moves as a push moves it (`move_stable`), so TF Serving never gets a config it refuses: with a server
+    address (or `RETINA_SERVING_ADDRESS`, as a push) the previous version is loaded first; without one the move is written only when the current
+    entry still loads that version (a push keeps the older stable loaded for exactly this), else refused.
     """
     import os
 
-    from components.deploy.config_update import update_entry
-    from components.deploy.deployment import SERVER_BASE_PATH_ENV
+    from components.deploy.deployment import SERVER_ADDRESS_ENV, SERVER_BASE_PATH_ENV, move_stable
     from components.register.blessing import move_champion_back, rollback_target
-    from serving.model_repository import is_version_present, model_entry, version_path
+    from serving.model_repository import is_version_present, version_path
 
     current, previous = rollback_target(model_name)
     if not is_version_present(version_path(serving_base_uri, model_name, int(previous))):
         raise RetinaError(f"{model_name} v{previous} is not in {serving_base_uri}: cannot serve it again")
+    config_uri = storage.join(serving_base_uri, "models.config")
     server_base = server_base_path or os.environ.get(SERVER_BASE_PATH_ENV) or serving_base_uri
+    server_address = server_address or os.environ.get(SERVER_ADDRESS_ENV, "")
+    # serving first: refused or never loaded, nothing moved; if the registry then fails, a retry finds
+    # `stable` already on the previous version and moves only the champion
+    before = move_stable(config_uri, model_name, server_base, int(previous), server_address, timeout_s,
+                         loaded_ok=True)
     move_champion_back(model_name, current, previous)
-    before, _ = update_entry(storage.join(serving_base_uri, "models.config"), model_name, lambda _old: model_entry(
-        server_base, model_name, labels={"stable": int(previous)}, version_policy="specific",
-        versions=[int(previous)]))
     log.info("%s: champion v%s -> v%s, stable %s -> %s", model_name, current, previous, stable_version(before),
              previous)
-    if server_address:
-        from serving.client import ServingClient
-
-        with ServingClient(server_address) as client:
-            wait_available(client, model_name, int(previous), timeout_s)
     return current, previous

@@ -27,6 +27,8 @@ def _start_server(base: str):
     config_uri = storage.join(base, "models.config")
     if not storage.exists(config_uri):
         write_models_config(config_uri, [])
+    # No --allow_version_labels_for_unavailable_models: TF Serving's strictest label rule (a label only on a
+    # version AVAILABLE when the config arrives), so a push that ever labels a version not loaded yet fails.
     return start_server(model_config_file=config_uri, poll_interval_s=0.3)
 
 

@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 def _start(config_uri: str):
     from serving.server import start_server
 
-    return start_server(model_config_file=config_uri, poll_interval_s=0.2)
+    # started as the cluster starts TF Serving: a config naming `stable` loads only with the flag
+    return start_server(model_config_file=config_uri, poll_interval_s=0.2,
+                        allow_version_labels_for_unavailable_models=True)
 
 
 def test_zero_default_requests_reach_a_staged_candidate(stack, tiny_model_dir, make_model_dir, exported,
@@ -83,29 +85,59 @@ def test_a_killed_upload_is_invisible_and_the_retry_replaces_it(tiny_model_dir, 
 
 def test_rollback_restores_champion_and_stable(stack, register_challenger_version, make_model_dir, exported,
                                                model_name, tmp_path, capsys):
+    """Two pushes to a running production server (started as the cluster's TF Serving, with
+    --allow_version_labels_for_unavailable_models), a third push without the server's address, then two
+    rollbacks. The second push names the server: moving `stable` from v1 to a v2 the server has not loaded
+    is refused by TF Serving even with the flag, so it loads v2 first. The third is refused before it
+    publishes anything, champion unchanged; the rollback needs no address, v1 being still loaded."""
     from components.cli import main
     from components.common.checks import Check
     from components.deploy.push import PushConfig, bless_and_push
-    from serving.model_repository import read_models_config
+    from serving.model_repository import read_models_config, write_models_config
 
     base = str(tmp_path / "repo")
+    config = storage.join(base, "models.config")
     passing = [Check.compare("evaluate", "qwk_floor", 0.5, ">=", 0.1)]
     champion = ""
-    for seed in (0, 1):
-        version = register_challenger_version(make_model_dir(tmp_path / f"m{seed}", seed=seed))
-        cfg = PushConfig(model_name, version, str(exported(tmp_path / f"m{seed}")), base, champion_uri=champion)
-        assert bless_and_push(cfg, passing).promoted
-        champion = version
-    config = storage.join(base, "models.config")
-    assert {e.name: e.labels for e in read_models_config(config)}[model_name] == {"stable": 2}
+    versions = [register_challenger_version(make_model_dir(tmp_path / f"m{seed}", seed=seed)) for seed in (0, 1, 2)]
+    write_models_config(config, [])  # the production server runs before the first push
+    production = _start(config)
+    try:
+        for seed, version in enumerate(versions[:2]):
+            cfg = PushConfig(model_name, version, str(exported(tmp_path / f"m{seed}")), base, champion_uri=champion,
+                             server_address=production.address, timeout_s=60)
+            assert bless_and_push(cfg, passing).promoted
+            champion = version
+        [entry] = [e for e in read_models_config(config) if e.name == model_name]
+        assert entry.labels == {"stable": 2} and entry.versions == [1, 2]
+        _wait(lambda: production.manager.model(model_name).labels == {"stable": 2})  # the server took it
 
-    capsys.readouterr()
-    assert main(["rollback", "--model", model_name, "--serving-base", base]) == 0
-    assert "v2 -> v1" in capsys.readouterr().out
-    from mlflow import MlflowClient
+        blind = PushConfig(model_name, versions[2], str(exported(tmp_path / "m2")), base, champion_uri=champion)
+        with pytest.raises(DeployError, match="moving `stable` from v2 to v3 needs the production model server"):
+            bless_and_push(blind, passing)
+        from mlflow import MlflowClient
 
-    assert MlflowClient().get_model_version_by_alias(model_name, "champion").version == "1"
-    [entry] = [e for e in read_models_config(config) if e.name == model_name]
-    assert entry.labels == {"stable": 1} and entry.versions == [1]  # v2 unloaded: no default traffic to it
-    assert main(["rollback", "--model", model_name, "--serving-base", base]) == 2  # nothing before v1
-    assert "nothing to roll back to" in capsys.readouterr().err
+        assert MlflowClient().get_model_version_by_alias(model_name, "champion").version == "2"
+        assert not storage.exists(storage.join(base, model_name, "3"))
+        assert {e.name: e.labels for e in read_models_config(config)}[model_name] == {"stable": 2}
+
+        capsys.readouterr()
+        assert main(["rollback", "--model", model_name, "--serving-base", base]) == 0
+        assert "v2 -> v1" in capsys.readouterr().out
+        assert MlflowClient().get_model_version_by_alias(model_name, "champion").version == "1"
+        [entry] = [e for e in read_models_config(config) if e.name == model_name]
+        assert entry.labels == {"stable": 1} and entry.versions == [1]  # v2 unloaded: no default traffic to it
+        _wait(lambda: production.manager.model(model_name).labels == {"stable": 1})
+        assert main(["rollback", "--model", model_name, "--serving-base", base]) == 2  # nothing before v1
+        assert "nothing to roll back to" in capsys.readouterr().err
+    finally:
+        production.stop()
+
+
+def _wait(predicate, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "the production server never applied models.config"
+        time.sleep(0.1)
