@@ -123,7 +123,10 @@ def training_pipeline(
     empty = the defaults) is the faithfulness gate; `min_drift_ssim` gates the Grad-CAM drift vs the champion
     (-1 = record only); `tensor_tolerance` / `image_tolerance` bound served vs in-process outputs;
     `server_base_path` is the repository as the model server sees it (`/models` in the TF Serving pod; empty =
-    `serving_base_uri`); `server_address` (host:port) makes push wait until the server has loaded `stable`."""
+    `serving_base_uri`); `server_address` (host:port; empty = the step's `RETINA_SERVING_ADDRESS`, which the
+    cluster's retina-endpoints ConfigMap sets to the tf-serving Service) has push load the new version on
+    that server before `stable` moves: without any, a push that would replace `stable` is refused, since TF
+    Serving refuses a config moving a label to a version it has not loaded (a first push is fine)."""
     prep = preprocess(
         modality=modality, input_uri=raw_data_uri, output_uri=f"{datasets_uri}/{modality}/{RUN_ID}",
         image_size=image_size, seed=seed, beam_args=beam_args,
