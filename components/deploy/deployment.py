@@ -27,8 +27,8 @@ its own step (components/validate) and calls `push_version` from its push step.
    version to one that same config would load is refused even with the flag, at every poll of
    models.config, and nothing of that config loads: the new version would silently never serve. So
    `stable` moves in two phases (`move_stable`) with a server address: the already validated version is
-   added to the loaded versions with `stable` kept where it is, the server must report it AVAILABLE, then
-   `stable` moves. If it never loads, this model's previous entry is restored and a folder published by
+   added to the loaded versions with `stable` kept where it is, every replica behind the address must
+   report it AVAILABLE (`server_replicas`), then `stable` moves. If it never loads, this model's previous entry is restored and a folder published by
    this call is removed.
 4. without a server address nobody can tell when the new version is AVAILABLE, so a push that would move
    an existing `stable` to another version is refused (DeployError) before anything is published or
@@ -37,7 +37,8 @@ its own step (components/validate) and calls `push_version` from its push step.
    flag, and by a server started later on the written config. Replacing a model therefore needs the
    production server's address: `server_address` / `--server`, else the environment variable
    `RETINA_SERVING_ADDRESS`, which the pipeline's steps get on the cluster from the `retina-endpoints`
-   ConfigMap (the `tf-serving` Service, gRPC port 8500: infra/k8s/kubeflow/retina-endpoints.yaml).
+   ConfigMap (the headless `tf-serving-replicas` Service, gRPC port 8500, so every replica is waited for:
+   infra/k8s/kubeflow/retina-endpoints.yaml).
 
 `server_base_path` is the repository as the *server* sees it (`/models` inside the TF Serving pod that
 mirrors `s3://models`, see infra/k8s/serving); it defaults to the environment variable
@@ -386,8 +387,8 @@ def refuse_unloaded_move(entry: Any | None, model_name: str, version: int, loade
         return
     raise DeployError(
         f"{model_name}: moving `stable` from v{stable} to v{version} needs the production model server's "
-        f"address (server_address, `--server HOST:PORT` or {SERVER_ADDRESS_ENV}; on the cluster the tf-serving "
-        f"Service, port 8500): "
+        f"address (server_address, `--server HOST:PORT` or {SERVER_ADDRESS_ENV}; on the cluster the "
+        f"tf-serving-replicas Service, port 8500): "
         f"TF Serving refuses a config that moves a label to a version it has not loaded yet, even with "
         f"--allow_version_labels_for_unavailable_models, so v{version} would never serve. Nothing was written. "
         f"A first deploy, or a config for a server started later with that flag, needs no address.")
@@ -411,10 +412,7 @@ def move_stable(config_uri: str, model_name: str, server_base: str, version: int
     previous, _ = update_entry(config_uri, model_name, lambda old: loading_entry(
         model_name, server_base, version, stable_version(old)))
     try:
-        from serving.client import ServingClient
-
-        with ServingClient(server_address) as client:
-            wait_available(client, model_name, version, timeout_s)
+        _wait_on_every_replica(server_address, model_name, version, timeout_s)
     except CanaryFailed:
         update_entry(config_uri, model_name, lambda _current: previous)
         log.warning("the model server did not load %s v%d: restored the previous entry", model_name, version)
@@ -422,6 +420,41 @@ def move_stable(config_uri: str, model_name: str, server_base: str, version: int
     update_entry(config_uri, model_name, lambda old: promoted_entry(model_name, server_base, version,
                                                                     stable_version(old)))
     return previous
+
+
+def server_replicas(server_address: str) -> list[str]:
+    """Every model server behind `server_address`: each of a comma-separated list, and each IPv4 address of
+    a name that resolves to several (a headless Service: one per ready pod, `tf-serving-replicas` in
+    infra/k8s/serving). Why: TF Serving replicas poll models.config on their own, and one that has not
+    loaded the new version when `stable` moves refuses that config at every poll; a ClusterIP Service
+    answers from one replica only."""
+    import socket
+
+    replicas: list[str] = []
+    for address in filter(None, (a.strip() for a in server_address.split(","))):
+        host, sep, port = address.rpartition(":")
+        ips: list[str] = []
+        if sep and port.isdigit() and host and not host.startswith(("[", "unix")):
+            try:
+                ips = sorted({info[4][0] for info in socket.getaddrinfo(host, int(port), socket.AF_INET,
+                                                                        socket.SOCK_STREAM)})
+            except OSError:  # unresolvable now: the client reports it while waiting
+                ips = []
+        replicas += [f"{ip}:{port}" for ip in ips] if len(ips) > 1 else [address]
+    return replicas
+
+
+def _wait_on_every_replica(server_address: str, model_name: str, version: int, timeout_s: float) -> None:
+    """`wait_available` on each replica, within one shared deadline; CanaryFailed names the replica."""
+    from serving.client import ServingClient
+
+    deadline = time.monotonic() + timeout_s
+    for replica in server_replicas(server_address):
+        try:
+            with ServingClient(replica) as client:
+                wait_available(client, model_name, version, max(0.0, deadline - time.monotonic()))
+        except CanaryFailed as exc:
+            raise CanaryFailed(f"{exc} [replica {replica}]") from exc
 
 
 def push_version(model_name: str, version: int, source: str | Path, serving_base_uri: str,

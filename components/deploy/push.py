@@ -67,8 +67,9 @@ def rollback(model_name: str, serving_base_uri: str, server_base_path: str = "",
 
     The previous version's folder must still be in the repository: checked before anything moves. `stable`
     moves as a push moves it (`move_stable`), so TF Serving never gets a config it refuses: with a server
-    address (or `RETINA_SERVING_ADDRESS`, as a push) the previous version is loaded first; without one the move is written only when the current
-    entry still loads that version (a push keeps the older stable loaded for exactly this), else refused.
+    address (or `RETINA_SERVING_ADDRESS`, as a push) the previous version is loaded first on every replica;
+    without one the move is written only when the current entry still loads that version (a push keeps the
+    older stable loaded for exactly this), else refused.
     """
     import os
 

@@ -14,6 +14,7 @@ from components.deploy.deployment import (
     move_stable,
     promoted_entry,
     refuse_unloaded_move,
+    server_replicas,
 )
 
 
@@ -83,6 +84,15 @@ def test_a_push_without_an_address_uses_the_clusters_server_address(tmp_path, mo
     with pytest.raises(DeployError, match="needs the production model server's address"):
         push_version("m", 2, source, str(base))
     assert not (base / "m" / "2").exists()
+
+
+def test_server_replicas_lists_each_server_a_push_must_wait_for():
+    """A comma-separated list is every replica; a name with one address (a ClusterIP Service, loopback) is
+    kept as given; a unix socket or an unresolvable name is passed on for the client to report."""
+    assert server_replicas("10.0.0.1:8500, 10.0.0.2:8500") == ["10.0.0.1:8500", "10.0.0.2:8500"]
+    assert server_replicas("127.0.0.1:8500") == ["127.0.0.1:8500"]
+    assert server_replicas("unix:/tmp/tf.sock") == ["unix:/tmp/tf.sock"]
+    assert server_replicas("no-such-host.invalid:8500") == ["no-such-host.invalid:8500"]
 
 
 def test_phase_one_of_a_served_push_never_moves_a_label():

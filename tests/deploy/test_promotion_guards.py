@@ -55,6 +55,35 @@ def test_zero_default_requests_reach_a_staged_candidate(stack, tiny_model_dir, m
         production.stop()
 
 
+def test_stable_moves_only_once_every_replica_has_loaded_the_new_version(tiny_model_dir, make_model_dir, exported,
+                                                                         tmp_path):
+    """Two TF Serving replicas poll one models.config on their own. A replica that has not loaded v2 when
+    `stable` moves refuses that config at every poll (label moved to a version not AVAILABLE), so phase two
+    waits for every replica named: here a second one that reads another repository never loads v2, and the
+    push fails with the previous entry restored; with two replicas of the repository both take `stable`."""
+    from components.deploy.deployment import CanaryFailed
+    from serving.model_repository import read_models_config, write_models_config
+
+    base = str(tmp_path / "repo")
+    config = storage.join(base, "models.config")
+    push_version("m", 1, exported(tiny_model_dir), base)  # first deploy: a new label, no server needed
+    write_models_config(str(tmp_path / "elsewhere.config"), [])
+    replicas = [_start(config), _start(config), _start(str(tmp_path / "elsewhere.config"))]
+    try:
+        v2 = exported(make_model_dir(tmp_path / "v2", seed=1))
+        stale = f"{replicas[0].address},{replicas[2].address}"
+        with pytest.raises(CanaryFailed, match=rf"m version 2 not AVAILABLE .*\[replica {replicas[2].address}\]"):
+            push_version("m", 2, v2, base, server_address=stale, timeout_s=5)
+        assert [(e.labels, e.versions) for e in read_models_config(config)] == [({"stable": 1}, [1])]
+        assert not storage.exists(storage.join(base, "m", "2"))
+        push_version("m", 2, v2, base, server_address=f"{replicas[0].address},{replicas[1].address}", timeout_s=60)
+        for replica in replicas[:2]:
+            _wait(lambda r=replica: r.manager.model("m").labels == {"stable": 2})
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def test_existing_version_folder_is_reused_only_when_its_content_matches(tiny_model_dir, make_model_dir, exported,
                                                                           tmp_path, stack):
     base = f"s3://models/reuse-{tmp_path.name}"
