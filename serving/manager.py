@@ -89,7 +89,9 @@ class ModelManager:
         self._refresh_lock = threading.Lock()
         self._config_lock = threading.Lock()
         self._closing = threading.Event()
-        self._unloaders: list[threading.Thread] = []
+        self._unloaders: list[threading.Thread] = []  # started unload threads
+        self._unloads = threading.Condition()  # guards _unloads_pending: unloads begun, not finished
+        self._unloads_pending = 0
         self.warmup_calls: dict[tuple[str, int], int] = {}
         self._session_config = read_session_config(options)
         self._tags = saved_model_tags(options)
@@ -319,30 +321,52 @@ class ModelManager:
         unwanted = sorted(v for v in versions if v not in wanted)
         if wanted and unwanted and not any(v in wanted for v in versions):
             unwanted = unwanted[:-1]
+        self._reserve_unloads(len(unwanted))  # before the new table shows: whoever sees it can wait for these
         served.versions = {v: lv for v, lv in versions.items() if v not in unwanted}
-        self._unload([versions[v] for v in unwanted], served)
+        self._unload([versions[v] for v in unwanted], served, reserved=True)
 
-    def _unload(self, versions: list[LoadedVersion], served: ServedModel | None = None) -> None:
+    def _reserve_unloads(self, count: int) -> None:
+        with self._unloads:
+            self._unloads_pending += count
+
+    def _unload(self, versions: list[LoadedVersion], served: ServedModel | None = None,
+                reserved: bool = False) -> None:
+        """Close each version on its own thread (UNLOADING -> END); `reserved`: `_reserve_unloads` already
+        counted them, so `wait_unloaded` waits for them too."""
+        if not reserved:
+            self._reserve_unloads(len(versions))
         for lv in versions:
             if served is not None:
                 served.states[lv.version] = VersionState("UNLOADING")
             thread = threading.Thread(target=self._finish_unload, args=(lv, served), daemon=True,
                                       name=f"retina-unload-{lv.name}-{lv.version}")
-            self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
             thread.start()
+            with self._unloads:
+                self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
 
     def _finish_unload(self, lv: LoadedVersion, served: ServedModel | None) -> None:
-        lv.close()
-        if storage.is_s3(str(lv.path)) or str(lv.path).startswith(str(self._cache_dir)):
-            shutil.rmtree(lv.path, ignore_errors=True)
-        if served is not None and served.states.get(lv.version, VersionState("")).state == "UNLOADING":
-            served.states[lv.version] = VersionState("END")
-        self._on_event(lv.name, "unloaded", lv.version, "")
-        log.info("unloaded %s version %d", lv.name, lv.version)
+        try:
+            lv.close()
+            if storage.is_s3(str(lv.path)) or str(lv.path).startswith(str(self._cache_dir)):
+                shutil.rmtree(lv.path, ignore_errors=True)
+            if served is not None and served.states.get(lv.version, VersionState("")).state == "UNLOADING":
+                served.states[lv.version] = VersionState("END")
+            self._on_event(lv.name, "unloaded", lv.version, "")
+            log.info("unloaded %s version %d", lv.name, lv.version)
+        finally:
+            with self._unloads:
+                self._unloads_pending -= 1
+                self._unloads.notify_all()
 
     def wait_unloaded(self, timeout_s: float = 30.0) -> None:
-        for thread in list(self._unloaders):
-            thread.join(timeout=timeout_s)
+        """Wait until every unload begun so far has finished, including one whose version was swapped out
+        of the table a moment ago on another thread (it is counted before the new table shows)."""
+        deadline = time.monotonic() + timeout_s
+        with self._unloads:
+            self._unloads.wait_for(lambda: self._unloads_pending == 0, timeout=timeout_s)
+            started = list(self._unloaders)
+        for thread in started:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ lookups
     def entries(self) -> list[repo.ModelEntry]:

@@ -147,6 +147,35 @@ def test_unload_under_load_answers_every_request_and_leaks_no_thread(tmp_path):
         server.stop()
 
 
+def test_wait_unloaded_covers_a_version_swapped_out_a_moment_ago(tmp_path, monkeypatch):
+    """Whoever sees the new version resolve can wait for the old one's unload, even when the poll thread
+    has published the new table but not started the unload yet (the window is widened here: that thread
+    pauses before unloading). Found by the suite under load: the unload thread was listed before it was
+    started, or not listed yet at all."""
+    from serving.manager import ModelManager
+    from serving.server import start_server
+
+    real_unload = ModelManager._unload
+
+    def slow_unload(self, versions, *args, **kwargs):
+        if any(lv.version == 1 for lv in versions):
+            time.sleep(0.5)
+        return real_unload(self, versions, *args, **kwargs)
+
+    monkeypatch.setattr(ModelManager, "_unload", slow_unload)
+    _install(tmp_path, "1")
+    server = start_server(_options(tmp_path, file_system_poll_wait_seconds=0.05))
+    try:
+        old = server.manager.resolve(_spec("m"))
+        _install(tmp_path, "2")
+        _wait(lambda: server.manager.resolve(_spec("m")).version == 2, timeout_s=30)
+        server.manager.wait_unloaded()
+        assert old.closed
+        assert _states(server)[1][0] == "END"
+    finally:
+        server.stop()
+
+
 def test_poller_survives_a_broken_config_and_applies_the_next_good_one(tmp_path, caplog):
     from serving.model_repository import ModelEntry, format_models_config
     from serving.options import ServerOptions
