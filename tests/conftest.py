@@ -31,14 +31,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
-    """Files with slow end-to-end tests first, each file's tests kept together and in their order.
+    """Files with `long` tests first, then files with `slow` ones, each file's tests kept together and in
+    their order.
 
     `make test` deals whole files out to parallel workers (pytest-xdist `--dist loadfile`) in this order
     (`--no-loadscope-reorder`): a long training file handed out last would run alone at the end while the
     other workers idle. Dealt out first, the short files fill in around it.
     """
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: order inside each group kept
+    # stable: the order inside each group is kept
+    items.sort(key=lambda item: 0 if item.path in long_files else 1 if item.path in slow_files else 2)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,6 @@
-"""The demo's training settings learn the synthetic sets every time, not on a lucky seed.
+"""The demo's training settings learn the synthetic sets every time, not on a lucky seed (helpers; the tests
+are test_demo_training_oct.py and test_demo_training_fundus.py: one file per modality, so parallel workers
+can run the two at once).
 
 The synthetic set is the demo's (data seed 0, its sizes), preprocessed once per modality; the model
 is trained with the demo's settings under three training seeds through the plain functions the
@@ -8,11 +10,7 @@ Cost: one data set + 3 trainings per modality at the demo's sizes.
 
 from __future__ import annotations
 
-import pytest
-
 from infra.local.demo import DemoSettings
-
-pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
 # What the demo promises (the issue's bar): OCT accuracy and fundus quadratic weighted kappa on the test split.
@@ -44,8 +42,8 @@ def _train_and_score(modality: str, data: str, seed: int, settings: DemoSettings
     return getattr(evaluate_model(result.model_uri, data, modality, cache_dir=str(root / "cache")), metric)
 
 
-@pytest.mark.parametrize("modality", ["oct", "fundus"])
-def test_demo_settings_reach_the_promised_score_on_every_seed(modality, tmp_path):
+def check_every_seed(modality: str, tmp_path) -> None:
+    """Train with the demo's settings under every seed in SEEDS and hold each test-split score to its floor."""
     settings = DemoSettings()
     metric, floor = FLOORS[modality]
     data = _demo_dataset(modality, settings, tmp_path)
