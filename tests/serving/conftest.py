@@ -16,6 +16,22 @@ import numpy as np
 import pytest
 
 IMAGE_SIZE = 48
+# TF Serving's own example model, its version folder named as in TF Serving's test data
+HALF_PLUS_TWO = Path(__file__).parent / "tfserving_testdata" / "saved_model_half_plus_two_cpu" / "00000123"
+
+
+def good_model(folder: Path) -> Path:
+    """A loadable version folder: a copy of HALF_PLUS_TWO."""
+    shutil.copytree(HALF_PLUS_TWO, folder)
+    return folder
+
+
+def broken_model(folder: Path) -> Path:
+    """A version folder whose saved_model.pb does not parse (the load fails every time)."""
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"not a saved model")
+    return folder
+
 MODEL_NAME = "retina-fundus"
 FUNDUS_CLASSES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
 

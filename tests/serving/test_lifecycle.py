@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from serving import protos
+from tests.serving.conftest import HALF_PLUS_TWO
 
 pytestmark = pytest.mark.slow
-HALF_PLUS_TWO = Path(__file__).parent / "tfserving_testdata" / "saved_model_half_plus_two_cpu" / "00000123"
 
 
 def _install(root: Path, folder: str) -> Path:

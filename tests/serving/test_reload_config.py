@@ -19,26 +19,15 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
 from serving import protos
+from tests.serving.conftest import broken_model as _broken
+from tests.serving.conftest import good_model as _good
 
 pytestmark = pytest.mark.slow
-HALF_PLUS_TWO = Path(__file__).parent / "tfserving_testdata" / "saved_model_half_plus_two_cpu" / "00000123"
-
-
-def _good(folder: Path) -> Path:
-    shutil.copytree(HALF_PLUS_TWO, folder)
-    return folder
-
-
-def _broken(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "saved_model.pb").write_bytes(b"not a saved model")
-    return folder
 
 
 def _config(*models: tuple[str, str], platform: str = "tensorflow"):

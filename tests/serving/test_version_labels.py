@@ -26,9 +26,9 @@ import pytest
 
 from components.common.processes import free_port, port_free
 from serving import protos
+from tests.serving.conftest import HALF_PLUS_TWO
 
 pytestmark = pytest.mark.slow
-HALF_PLUS_TWO = Path(__file__).parent / "tfserving_testdata" / "saved_model_half_plus_two_cpu" / "00000123"
 REFUSED = "Request to assign label to version {v} of model m, which is not currently available for inference"
 
 
