@@ -250,9 +250,10 @@ class ModelManager:
             chosen = [v for v in present if v in set(entry.versions)]
         else:
             chosen = present[-max(1, entry.num_versions):]
-        # A labelled version stays loaded even when the policy alone would drop it (`stable` while a newer
-        # `canary` is checked), so a label never points at nothing.
-        return set(chosen) | {v for v in entry.labels.values() if v in present}
+        # The policy alone decides, as in TF Serving (the storage path source aspires the policy's versions;
+        # labels only name versions): a label on a version the policy drops then answers NOT_FOUND. The
+        # deploy step pins both versions with a `specific` policy while `stable` and `canary` differ.
+        return set(chosen)
 
     def _load_new_versions(self, served: ServedModel) -> tuple[dict[int, LoadedVersion], set[int]]:
         """Load every wanted version not loaded yet. Returns (loaded incl. old, wanted)."""

@@ -218,3 +218,20 @@ def test_a_polled_file_that_moves_a_label_is_refused_at_every_poll_and_the_old_c
         _wait(lambda: _states(running.address).get(2) == "AVAILABLE", "v2 never loaded")
         _write(config, format_models_config([_entry(base, [1, 2], {"stable": 2})]))  # phase two: move
         _wait(lambda: _by_label(running.address, "stable") == 2, "stable never moved to v2")
+
+
+def test_the_version_policy_alone_decides_what_loads_a_label_keeps_nothing_loaded(tmp_path):
+    """TF Serving's storage path source aspires the policy's versions; a label only names one. Under
+    `latest` (one version) a label on v1 with v2 on disk loads nothing for it: the label answers NOT_FOUND
+    for Specific(m, 1), as TF Serving's `GetServableHandle` does, and v2 is the only version served."""
+    from serving.model_repository import model_entry
+
+    base = _versions(tmp_path, 1, 2)
+    entry = model_entry(str(Path(base).parent), "m", labels={"stable": 1})  # default policy: latest, 1 version
+    with _start(tmp_path, [entry], allow_version_labels_for_unavailable_models=True) as running:
+        _wait(lambda: _states(running.address).get(2) == "AVAILABLE", "v2 never loaded")
+        assert _states(running.address) == {2: "AVAILABLE"}
+        with pytest.raises(grpc.RpcError) as failure:
+            _by_label(running.address, "stable")
+        assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+        assert failure.value.details() == "Servable not found for request: Specific(m, 1)"
