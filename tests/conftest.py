@@ -31,17 +31,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
-    """Files with `long` tests first, then files with `slow` ones, each file's tests kept together and in
-    their order.
+    """Files with `long` tests first, the longest first (`long(seconds=...)`, what the file takes on one
+    worker), then files with `slow` ones, each file's tests kept together and in their order.
 
     `make test` deals whole files out to parallel workers (pytest-xdist `--dist loadfile`) in this order
     (`--no-loadscope-reorder`): a long training file handed out last would run alone at the end while the
-    other workers idle. Dealt out first, the short files fill in around it.
+    other workers idle. Dealt out first, longest first, the short files fill in around them. (xdist keeps a
+    worker's queue at more than two tests, so a file of one or two tests gets the next file queued behind
+    it: the pipeline run, longest, goes first so no training file waits behind it on the same worker.)
     """
-    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    seconds: dict[Any, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("long")
+        if marker is not None:
+            seconds[item.path] = max(seconds.get(item.path, 0.0), float(marker.kwargs.get("seconds", 60)))
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    # stable: the order inside each group is kept
-    items.sort(key=lambda item: 0 if item.path in long_files else 1 if item.path in slow_files else 2)
+    # stable: the order inside each group (and each file) is kept
+    items.sort(key=lambda item: (0, -seconds[item.path]) if item.path in seconds
+               else (1, 0.0) if item.path in slow_files else (2, 0.0))
 
 
 @pytest.fixture(scope="session", autouse=True)

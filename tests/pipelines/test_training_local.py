@@ -71,7 +71,7 @@ def _champion(name: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.long
+@pytest.mark.long(seconds=250)
 @pytest.mark.stack
 def test_pipeline_promotes_a_good_model_and_refuses_a_bad_one(runs) -> None:
     from mlflow import MlflowClient
