@@ -123,6 +123,10 @@ def test_only_named_models_and_served_versions_are_mirrored(sync: Sync) -> None:
     out = sync.run()
 
     assert sync.versions("retina-fundus") == ["2", "3"] and "published retina-fundus/3" in out
+    # an unserved version is never downloaded, not even into staging: one listing says what is complete
+    assert f"{sync.bucket}/retina-fundus/1/" not in sync.calls.read_text()
+    assert not (sync.models / ".staging" / "retina-fundus" / "1").exists()
+    assert not list((sync.models / ".staging" / "retina-fundus").glob("*"))  # published by rename, not copied
     assert not (sync.models / "retina-oct").exists() and not (sync.models / "training-runs").exists()
     assert not (sync.models / ".config-staging" / "training-runs").exists()  # --exclude "*" --include models.config
     assert f"{sync.bucket}/training-runs/" not in sync.calls.read_text()  # the bucket's other folders are not synced
@@ -152,12 +156,25 @@ def test_unserved_versions_and_models_are_removed_locally(sync: Sync) -> None:
     sync.run()
     assert sync.versions("retina-fundus") == ["1", "2"] and sync.versions("retina-oct") == ["4"]
 
-    # rollback: only version 1 (labelled stable) is served, retina-oct is dropped from the config
+    # rollback as the deploy step writes it: only version 1 (labelled stable) is served, retina-oct is dropped
     sync.put("models.config", 'model_config_list { config { name: "retina-fundus" model_version_policy '
-                              '{ latest { num_versions: 1 } }\n  version_labels { key: "stable" value: 1 } } }\n')
+                              '{ specific { versions: 1 } }\n  version_labels { key: "stable" value: 1 } } }\n')
     sync.publish("retina-fundus", 3)
     out = sync.run()
 
-    assert sync.versions("retina-fundus") == ["1", "3"]  # newest + labelled
+    assert sync.versions("retina-fundus") == ["1"]  # the newer, complete v3 is not served: not fetched
+    assert f"{sync.bucket}/retina-fundus/3/" not in sync.calls.read_text()
     assert "removed retina-fundus/2" in out and "removed retina-oct" in out
     assert not (sync.models / "retina-oct").exists() and not (sync.models / ".staging" / "retina-oct").exists()
+
+
+def test_a_label_loads_nothing_the_policy_does_not_serve(sync: Sync) -> None:
+    """As in TF Serving, labels only name versions: under `latest` a label on an older version fetches it not."""
+    for v in (1, 2):
+        sync.publish("retina-oct", v)
+    sync.put("models.config", 'model_config_list { config { name: "retina-oct" model_version_policy '
+                              '{ latest { num_versions: 1 } }\n  version_labels { key: "stable" value: 1 } } }\n')
+
+    sync.run()
+
+    assert sync.versions("retina-oct") == ["2"]
