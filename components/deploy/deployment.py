@@ -295,6 +295,24 @@ def wait_available(client: Any, model_name: str, version: int, timeout_s: float,
         time.sleep(poll_s)
 
 
+def wait_label(client: Any, model_name: str, label: str, version: int, timeout_s: float,
+               poll_s: float = 0.5) -> None:
+    """Poll until `label` resolves to `version` on the server (GetModelMetadata by label answers with the
+    version it resolved, as TF Serving's does); the server applies a config at its next poll."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            resolved = client.metadata(model_name, label=label)["version"]
+            last = f"it resolves to version {resolved}"
+        except Exception as exc:  # noqa: BLE001 - e.g. an unknown label until the server polls the config
+            resolved, last = None, f"{type(exc).__name__}: {_short(exc)}"
+        if resolved == version:
+            return
+        if time.monotonic() > deadline:
+            raise CanaryFailed(f"{model_name} label {label!r} not on version {version} after {timeout_s:.0f}s ({last})")
+        time.sleep(poll_s)
+
+
 def _short(exc: Exception) -> str:
     details = getattr(exc, "details", None)
     text = details() if callable(details) else str(exc)
@@ -400,7 +418,8 @@ def move_stable(config_uri: str, model_name: str, server_base: str, version: int
     returns this model's entry before the move. Without a server address only a one-step write that
     TF Serving accepts is made (`refuse_unloaded_move`, checked again under the config's concurrency
     control). With one: phase one loads `version` with `stable` kept, waits until the server reports it
-    AVAILABLE (else the previous entry is restored and CanaryFailed raised), then phase two moves `stable`."""
+    AVAILABLE (else the previous entry is restored and CanaryFailed raised), then phase two moves `stable`
+    and waits until every replica resolves it to `version` (else the same restore and CanaryFailed)."""
     from components.deploy.config_update import update_entry
 
     def one_step(old: Any | None) -> Any:
@@ -419,6 +438,13 @@ def move_stable(config_uri: str, model_name: str, server_base: str, version: int
         raise
     update_entry(config_uri, model_name, lambda old: promoted_entry(model_name, server_base, version,
                                                                     stable_version(old)))
+    try:  # phase two confirmed: every replica took the moved label (one refusing it would serve the old one)
+        _wait_on_every_replica(server_address, model_name, version, timeout_s, label=LABEL_STABLE)
+    except CanaryFailed:
+        update_entry(config_uri, model_name, lambda _current: previous)
+        log.warning("a model server did not move %s to %s v%d: restored the previous entry", LABEL_STABLE,
+                    model_name, version)
+        raise
     return previous
 
 
@@ -444,15 +470,21 @@ def server_replicas(server_address: str) -> list[str]:
     return replicas
 
 
-def _wait_on_every_replica(server_address: str, model_name: str, version: int, timeout_s: float) -> None:
-    """`wait_available` on each replica, within one shared deadline; CanaryFailed names the replica."""
+def _wait_on_every_replica(server_address: str, model_name: str, version: int, timeout_s: float,
+                           label: str = "") -> None:
+    """`wait_available` (or with `label`, `wait_label`) on each replica, within one shared deadline;
+    CanaryFailed names the replica."""
     from serving.client import ServingClient
 
     deadline = time.monotonic() + timeout_s
     for replica in server_replicas(server_address):
         try:
             with ServingClient(replica) as client:
-                wait_available(client, model_name, version, max(0.0, deadline - time.monotonic()))
+                left = max(0.0, deadline - time.monotonic())
+                if label:
+                    wait_label(client, model_name, label, version, left)
+                else:
+                    wait_available(client, model_name, version, left)
         except CanaryFailed as exc:
             raise CanaryFailed(f"{exc} [replica {replica}]") from exc
 

@@ -77,11 +77,37 @@ def test_stable_moves_only_once_every_replica_has_loaded_the_new_version(tiny_mo
         assert [(e.labels, e.versions) for e in read_models_config(config)] == [({"stable": 1}, [1])]
         assert not storage.exists(storage.join(base, "m", "2"))
         push_version("m", 2, v2, base, server_address=f"{replicas[0].address},{replicas[1].address}", timeout_s=60)
-        for replica in replicas[:2]:
-            _wait(lambda r=replica: r.manager.model("m").labels == {"stable": 2})
+        for replica in replicas[:2]:  # phase two is confirmed on each replica before the push returns
+            assert replica.manager.model("m").labels == {"stable": 2}
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_replica_that_never_takes_the_moved_label_fails_the_push_and_restores_stable(
+        tiny_model_dir, make_model_dir, exported, tmp_path):
+    """Phase two is confirmed too: each replica must resolve `stable` to the new version (GetModelMetadata by
+    label). One that loads v2 from the repository but never applies models.config (here: started on the model
+    folder alone) fails the push; the previous entry is restored and the version folder removed."""
+    from components.deploy.deployment import CanaryFailed
+    from serving.model_repository import read_models_config
+    from serving.server import start_server
+
+    base = str(tmp_path / "repo")
+    config = storage.join(base, "models.config")
+    push_version("m", 1, exported(tiny_model_dir), base)
+    good = _start(config)
+    deaf = start_server(model_base_path=storage.join(base, "m"), model_name="m", port=0, poll_interval_s=0.2)
+    try:
+        v2 = exported(make_model_dir(tmp_path / "v2", seed=1))
+        with pytest.raises(CanaryFailed, match=rf"m label 'stable' not on version 2 .*\[replica {deaf.address}\]"):
+            push_version("m", 2, v2, base, server_address=f"{good.address},{deaf.address}", timeout_s=5)
+        assert [(e.labels, e.versions) for e in read_models_config(config)] == [({"stable": 1}, [1])]
+        assert not storage.exists(storage.join(base, "m", "2"))
+        _wait(lambda: good.manager.model("m").labels == {"stable": 1})
+    finally:
+        good.stop()
+        deaf.stop()
 
 
 def test_existing_version_folder_is_reused_only_when_its_content_matches(tiny_model_dir, make_model_dir, exported,
