@@ -51,8 +51,9 @@ def bless_and_push(cfg: PushConfig, checks: list[Check], markdown_path: str | No
         try:
             pushed = push_version(cfg.model_name, int(cfg.version), cfg.staged_uri, cfg.serving_base_uri,
                                   cfg.server_base_path, cfg.server_address, cfg.timeout_s)
-        except Exception:
-            restore_champion(cfg.model_name, blessing.previous_champion)
+        except Exception as exc:
+            restore_champion(cfg.model_name, blessing.previous_champion, version=str(cfg.version),
+                             why=str(exc) or type(exc).__name__)
             log.error("push failed: champion restored to v%s", blessing.previous_champion or "-")
             raise
     decision = (f"**{cfg.model_name} v{cfg.version} is champion and stable** at `{pushed.endpoint}`"

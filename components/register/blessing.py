@@ -91,9 +91,17 @@ def bless(name: str, version: str, checks: list[Check], compared_champion: str =
     return blessing
 
 
-def restore_champion(name: str, previous: str, client: Any = None) -> None:
-    """Put `champion` back on `previous` (or remove it when there was none): push failed after blessing."""
+def restore_champion(name: str, previous: str, client: Any = None, version: str = "", why: str = "") -> None:
+    """Put `champion` back on `previous` (or remove it when there was none): push failed after blessing.
+    `version`, the one blessed a moment ago, is tagged back to a challenger with the reason, so the registry
+    does not call a version blessed that never served."""
     client = client or _client()
+    if version:
+        client.set_model_version_tag(name, version, TAG_BLESSED, "false")
+        client.set_model_version_tag(name, version, TAG_DECISION, "challenger")
+        client.set_model_version_tag(name, version, TAG_REASON,
+                                     f"passed every check, but the push failed: {why}"[:4900])
+        client.delete_model_version_tag(name, version, TAG_BLESSED_AT)
     if previous:
         client.set_registered_model_alias(name, config.ALIAS_CHAMPION, previous)
     else:

@@ -173,6 +173,11 @@ def test_rollback_restores_champion_and_stable(stack, register_challenger_versio
         from mlflow import MlflowClient
 
         assert MlflowClient().get_model_version_by_alias(model_name, "champion").version == "2"
+        tags = MlflowClient().get_model_version(model_name, versions[2]).tags  # not called blessed: never served
+        assert (tags["retina.blessed"], tags["retina.promotion"]) == ("false", "challenger")
+        reason = tags["retina.promotion_reason"]
+        assert reason.startswith("passed every check, but the push failed: ") and "moving `stable`" in reason
+        assert "retina.blessed_at" not in tags
         assert not storage.exists(storage.join(base, model_name, "3"))
         assert {e.name: e.labels for e in read_models_config(config)}[model_name] == {"stable": 2}
 
