@@ -27,11 +27,13 @@ browser:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
 	  || echo "make browser: no chromium (install Debian's chromium package to run the report page tests)"; }
 
-# Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them), on one
-# pytest-xdist worker per core (at most 4): whole files go to a worker, the slow files first (tests/conftest.py),
-# each worker with its own throw-away stack. The slowest tests are listed at the end.
+# Everything, slow end-to-end tests included (they are marked `slow`; `make test-fast` skips them), on
+# pytest-xdist workers, one more than the cores (at most 4: the tests wait on servers and step subprocesses
+# about a quarter of the time): whole files go to a worker, the long files first (tests/conftest.py), each
+# worker with its own throw-away stack. The slowest tests are listed at the end.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -ge 3 ] && echo 4 || echo $$((n + 1)))
 test: $(STAMP) lint browser
-	$(PY) -m pytest -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder --durations=15
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
