@@ -71,7 +71,9 @@ def test_stable_moves_only_once_every_replica_has_loaded_the_new_version(tiny_mo
     replicas = [_start(config), _start(config), _start(str(tmp_path / "elsewhere.config"))]
     try:
         v2 = exported(make_model_dir(tmp_path / "v2", seed=1))
-        stale = f"{replicas[0].address},{replicas[2].address}"
+        # the replica that never loads v2 is asked first, so its refusal is what the push reports whatever
+        # the load on the machine (one that is merely slow would be named after a short deadline too)
+        stale = f"{replicas[2].address},{replicas[0].address}"
         with pytest.raises(CanaryFailed, match=rf"m version 2 not AVAILABLE .*\[replica {replicas[2].address}\]"):
             push_version("m", 2, v2, base, server_address=stale, timeout_s=5)
         assert [(e.labels, e.versions) for e in read_models_config(config)] == [({"stable": 1}, [1])]
@@ -100,8 +102,9 @@ def test_a_replica_that_never_takes_the_moved_label_fails_the_push_and_restores_
     deaf = start_server(model_base_path=storage.join(base, "m"), model_name="m", port=0, poll_interval_s=0.2)
     try:
         v2 = exported(make_model_dir(tmp_path / "v2", seed=1))
+        # phase one needs v2 loaded on both (a deadline that a loaded machine meets); phase two asks `deaf` first
         with pytest.raises(CanaryFailed, match=rf"m label 'stable' not on version 2 .*\[replica {deaf.address}\]"):
-            push_version("m", 2, v2, base, server_address=f"{good.address},{deaf.address}", timeout_s=5)
+            push_version("m", 2, v2, base, server_address=f"{deaf.address},{good.address}", timeout_s=20)
         assert [(e.labels, e.versions) for e in read_models_config(config)] == [({"stable": 1}, [1])]
         assert not storage.exists(storage.join(base, "m", "2"))
         _wait(lambda: good.manager.model("m").labels == {"stable": 1})
