@@ -9,11 +9,9 @@ and scores the test split as the evaluate step scores it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +20,6 @@ from infra.local.demo import DemoSettings
 
 # What the demo promises (the bar): OCT accuracy and fundus quadratic weighted kappa on the test split.
 FLOORS = {"oct": ("accuracy", 0.9), "fundus": ("qwk", 0.8)}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -50,7 +38,8 @@ def demo_dataset(modality: str, tmp_path_factory: pytest.TempPathFactory) -> str
     settings = DemoSettings()
     folder = _run_folder(tmp_path_factory)
     data = folder / f"demo-{modality}-data"
-    with _locked(folder / f"demo-{modality}.lock"):
+    with open(folder / f"demo-{modality}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
         if not data.exists():
             work = folder / f"demo-{modality}-building"
             shutil.rmtree(work, ignore_errors=True)
