@@ -17,7 +17,7 @@ from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.options import ServerOptions
 from serving.servable import RUN_CLOCK
-from serving.status import CODES, ServingStatus, invalid_argument
+from serving.status import CODES, ServingStatus, grpc_message, invalid_argument
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,12 @@ def _guarded(handlers: Handlers, api: str) -> Callable[[Any, Any, Any], Any]:
         except ServingStatus as exc:
             import grpc
 
-            context.abort(getattr(grpc.StatusCode, exc.code_name), exc.message)
+            context.abort(getattr(grpc.StatusCode, exc.code_name), grpc_message(exc.message))
         except Exception as exc:  # noqa: BLE001 - never a raw traceback to the client
             import grpc
 
             log.exception("%s failed", api)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, grpc_message(f"{type(exc).__name__}: {exc}"))
 
     method.__name__ = api
     return method

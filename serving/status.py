@@ -37,6 +37,17 @@ class ServingStatus(Exception):
         return HTTP.get(self.code_name, 500)
 
 
+GRPC_MESSAGE_LIMIT = 1024  # grpc_status_util.cc ToGRPCStatus: kErrorMessageLimit
+
+
+def grpc_message(message: str) -> str:
+    """A status message as TF Serving's gRPC layer sends it: past 1024 bytes, cut and marked `...TRUNCATED`."""
+    raw = message.encode("utf-8")
+    if len(raw) <= GRPC_MESSAGE_LIMIT:
+        return message
+    return raw[:GRPC_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
+
+
 def not_found(message: str) -> ServingStatus:
     return ServingStatus("NOT_FOUND", message)
 
