@@ -21,6 +21,7 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+PREDICT_SIGNATURE_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
 
 
 def _set_spec(spec: Any, lv: LoadedVersion, signature_name: str | None) -> None:
@@ -32,26 +33,42 @@ def _set_spec(spec: Any, lv: LoadedVersion, signature_name: str | None) -> None:
 
 # --------------------------------------------------------------------------- Predict
 def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int) -> dict[str, np.ndarray]:
-    """Request tensors as arrays, checked as TF Serving checks them; sizes before any array is built."""
+    """Request tensors (and the signature's defaults for inputs not sent) as arrays, checked as TF Serving
+    checks them and in its order: the input count (predict_util.cc VerifyRequestInputsSize), each signature
+    input found or defaulted and parsed (saved_model/util.cc GetInputValues), then the dtypes the session
+    run refuses (`Expects arg[i]`, i the feed's position). Sizes are checked before any array is built."""
     expected, sent = set(signature.inputs), set(request_inputs.keys())
     if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
         raise invalid_argument(
             f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sorted(sent))}}}) "
             f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(sent - expected))}}}. "
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
-    for alias in sorted(sent - expected):
-        raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
-                               f"set {{{','.join(sorted(expected))}}}.")
+    feeds: list[tuple[str, Any, tuple[int, ...]]] = []
     total = 0
-    for index, alias in enumerate(sorted(sent)):
-        proto, info = request_inputs[alias], signature.inputs[alias]
+    for alias in sorted(expected):
+        if alias in request_inputs:
+            proto = request_inputs[alias]
+        elif alias in signature.defaults:
+            proto = signature.defaults[alias]
+        else:
+            raise invalid_argument(
+                f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in request "
+                f"and no default value provided. Inputs expected to be in the request {{{','.join(sorted(sent))}}}, "
+                f"or default input alias set: {','.join(sorted(signature.defaults))}")
+        feeds.append((alias, proto, tensors.check_declared_size(proto, alias, max_bytes - total)))
+        total += _declared_bytes(proto)
+    used = sent & expected
+    if sent and used != sent:
+        raise invalid_argument(f"Inputs contains invalid name. Used request inputs: {','.join(sorted(used))}, "
+                               f"request input: {','.join(sorted(sent))}")
+    for index, (alias, proto, _) in enumerate(feeds):
+        info = signature.inputs[alias]
         if proto.dtype != info.dtype:
             raise invalid_argument(f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
                                    f"{tensors.dtype_name(proto.dtype)} is provided")
-        dims = tensors.check_declared_size(proto, alias, max_bytes - total)
-        check_shape(alias, dims, info.tensor_shape)
-        total += _declared_bytes(proto)
-    return {alias: tensors.to_array(request_inputs[alias], alias, max_bytes) for alias in sorted(sent)}
+    for alias, _, dims in feeds:
+        check_shape(alias, dims, signature.inputs[alias].tensor_shape)
+    return {alias: tensors.to_array(proto, alias, max_bytes) for alias, proto, _ in feeds}
 
 
 def check_shape(alias: str, dims: tuple[int, ...], expected: Any) -> None:
@@ -59,12 +76,16 @@ def check_shape(alias: str, dims: tuple[int, ...], expected: Any) -> None:
 
     TF Serving feeds tensors unchecked; a graph specialised for its declared shapes can then abort the
     whole process on a wrong rank (seen here with a conv model fed a rank-3 image), so shapes are checked.
-    TF Serving's one leniency its own tests rely on is kept: extra or missing trailing dimensions of size
-    1 (`x` of shape `[1]` for a signature `[?,1]`, `[n,1]` for `[?]`) are fed as sent."""
+    TF Serving's leniencies its own tests rely on are kept: extra or missing trailing dimensions of size
+    1 (`x` of shape `[1]` for a signature `[?,1]`, `[n,1]` for `[?]`) are fed as sent, and so is a scalar
+    for a signature whose dimensions are all `?` or 1 (predict_util_test.cc PredictionSuccess sends `x` with
+    no shape to half_plus_two's `[?,1]`)."""
     if expected.unknown_rank:
         return
     want = [int(d.size) for d in expected.dim]
     got = list(dims)
+    if not got and all(w in (-1, 1) for w in want):
+        return
     while len(got) > len(want) and got[-1] == 1:
         got.pop()
     while len(want) > len(got) and want[-1] == 1:
@@ -158,13 +179,19 @@ def predict_plan(lv: LoadedVersion, signature_name: str) -> PredictPlan:
     return plan
 
 
-def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_content: bool = False) -> Any:
+def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_content: bool = False,
+            method_check: bool = False) -> Any:
     """TF Serving's Predict; outputs in the typed `*_val` field (TF Serving's default) or, with
-    `--enable_serialization_as_tensor_content`, as `tensor_content` bytes."""
+    `--enable_serialization_as_tensor_content`, as `tensor_content` bytes. `method_check`
+    (`--enable_signature_method_name_check`) refuses a signature of another method, INTERNAL as in
+    predict_util.cc VerifySignature."""
     from tensorflow_serving.apis import predict_pb2
 
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     plan = predict_plan(lv, signature_name)
+    if method_check and plan.signature.method_name not in PREDICT_SIGNATURE_METHODS:
+        raise ServingStatus("INTERNAL", "Expected prediction signature method_name to be one of {"
+                            f"{', '.join(PREDICT_SIGNATURE_METHODS)}}}. Was: {plan.signature.method_name}")
     inputs = plan.arrays(request.inputs, max_bytes)
     if inputs is None:
         inputs = predict_inputs(plan.signature, request.inputs, max_bytes)
@@ -181,41 +208,48 @@ def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_
 
 # --------------------------------------------------------------------------- Classify / Regress
 def serialized_examples(input_proto: Any) -> list[bytes]:
+    """The examples as TF Serving feeds them (util.cc InputToSerializedExampleTensor): each example's bytes,
+    after the context's bytes for `example_list_with_context` (so an example's own feature wins)."""
     kind = input_proto.WhichOneof("kind")
     if kind == "example_list":
-        examples = list(input_proto.example_list.examples)
+        examples = [e.SerializeToString() for e in input_proto.example_list.examples]
     elif kind == "example_list_with_context":
-        context = input_proto.example_list_with_context.context
-        examples = []
-        for example in input_proto.example_list_with_context.examples:
-            merged = type(example)()
-            merged.CopyFrom(context)
-            merged.MergeFrom(example)
-            examples.append(merged)
+        context = input_proto.example_list_with_context.context.SerializeToString()
+        examples = [context + e.SerializeToString() for e in input_proto.example_list_with_context.examples]
     else:
-        raise invalid_argument("Input is empty.")
+        examples = []
     if not examples:
         raise invalid_argument("Input is empty.")
-    return [e.SerializeToString() for e in examples]
+    return examples
 
 
-def _example_signature(lv: LoadedVersion, signature_name: str, method: str, method_check: bool) -> Any:
+def _find_signature(lv: LoadedVersion, signature_name: str, method: str, method_check: bool) -> list[str]:
+    """classifier.cc GetClassificationSignatureDef / regressor.cc GetRegressionSignatureDef; returns the
+    output aliases to fetch."""
     signature = lv.signature_defs.get(signature_name)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {signature_name}")
+    return check_example_signature(signature, method, method_check)
+
+
+def check_example_signature(signature: Any, method: str, method_check: bool) -> list[str]:
+    """classifier.cc PreProcessClassification / regressor.cc PreProcessRegression, in their order; returns
+    the output aliases to fetch."""
     kind = "classification" if method == CLASSIFY_METHOD else "regression"
     if method_check and signature.method_name != method:
         raise invalid_argument(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
+    if method == CLASSIFY_METHOD and len(signature.outputs) not in (1, 2):
+        raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    if method == REGRESS_METHOD and len(signature.outputs) != 1:
+        raise invalid_argument("Expected one output Tensor.")
     if "inputs" not in signature.inputs:
         raise invalid_argument(f"No {kind} inputs found in SignatureDef: {signature}")
-    return signature
-
-
-def classification_outputs(signature: Any) -> list[str]:
-    if len(signature.outputs) not in (1, 2):
-        raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    if method == REGRESS_METHOD:
+        if "outputs" not in signature.outputs:
+            raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
+        return ["outputs"]
     names = [k for k in ("classes", "scores") if k in signature.outputs]
     if not names:
         raise invalid_argument('Expected classification signature outputs to contain at least one of "classes" '
@@ -223,13 +257,26 @@ def classification_outputs(signature: Any) -> list[str]:
     return names
 
 
+def _shape(array: np.ndarray) -> str:
+    """TensorShape::DebugString: `[2,3]`."""
+    return "[" + ",".join(str(d) for d in array.shape) + "]"
+
+
+def _datatype(array: np.ndarray) -> str:
+    """DataType_Name: `DT_FLOAT`, `DT_STRING`."""
+    return "DT_" + tensors.dtype_name(tensors.dtype_of(array)).upper()
+
+
 def fill_classifications(result: Any, outputs: dict[str, np.ndarray], n: int) -> None:
+    """classifier.cc PostProcessClassificationResult."""
     classes, scores = outputs.get("classes"), outputs.get("scores")
-    for name, array in (("classes", classes), ("scores", scores)):
+    for name, array, want in (("classes", classes, "DT_STRING"), ("scores", scores, "DT_FLOAT")):
         if array is None:
             continue
         if array.ndim != 2:
-            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {list(array.shape)}")
+            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(array)}")
+        if _datatype(array) != want:
+            raise invalid_argument(f"Expected {name} Tensor of {want}. Got: {_datatype(array)}")
         if array.shape[0] != n:
             raise invalid_argument(f"Expected {name} output batch size of {n}. Got: {array.shape[0]}")
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
@@ -248,11 +295,14 @@ def fill_classifications(result: Any, outputs: dict[str, np.ndarray], n: int) ->
 
 
 def fill_regressions(result: Any, values: np.ndarray, n: int) -> None:
+    """regressor.cc PostProcessRegressionResult."""
     if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
         raise invalid_argument("Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-                               f"{list(values.shape)}")
+                               f"{_shape(values)}")
     if values.shape[0] != n:
-        raise invalid_argument(f"Expected output batch size to be {n}. Got: {values.shape[0]}")
+        raise invalid_argument(f"Input batch size did not match output batch size: {n} vs. {values.shape[0]}")
+    if _datatype(values) != "DT_FLOAT":
+        raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {_datatype(values)}")
     for value in values.reshape(n):
         result.regressions.add().value = float(value)
 
@@ -267,8 +317,7 @@ def classify(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any
     from tensorflow_serving.apis import classification_pb2
 
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature = _example_signature(lv, name, CLASSIFY_METHOD, method_check)
-    aliases = classification_outputs(signature)
+    aliases = _find_signature(lv, name, CLASSIFY_METHOD, method_check)
     examples = serialized_examples(request.input)
     outputs = _run_examples(lv, name, examples, aliases)
     response = classification_pb2.ClassificationResponse()
@@ -281,11 +330,7 @@ def regress(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any:
     from tensorflow_serving.apis import regression_pb2
 
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature = _example_signature(lv, name, REGRESS_METHOD, method_check)
-    if len(signature.outputs) != 1:
-        raise invalid_argument("Expected one output Tensor.")
-    if "outputs" not in signature.outputs:
-        raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
+    _find_signature(lv, name, REGRESS_METHOD, method_check)
     examples = serialized_examples(request.input)
     outputs = _run_examples(lv, name, examples, ["outputs"])
     response = regression_pb2.RegressionResponse()
@@ -294,13 +339,14 @@ def regress(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any:
     return response
 
 
-def multi_inference(lv: LoadedVersion, request: Any) -> Any:
+def multi_inference(lv: LoadedVersion, request: Any, method_check: bool = False) -> Any:
     """Several classify/regress signatures of one model over the same examples (each signature's input
-    tensor is fed the same serialized examples, as TF Serving's one-shot computation does)."""
+    tensor is fed the same serialized examples, as TF Serving's one-shot computation does). Every task is
+    checked (multi_inference.cc Infer) before the examples are read."""
     from tensorflow_serving.apis import inference_pb2
 
     if not request.tasks:
-        raise invalid_argument("Tasks is empty.")
+        raise invalid_argument("ModelSpec has no name specified.")  # multi_inference_helper.cc: no task, no spec
     seen: set[str] = set()
     plans = []
     for task in request.tasks:
@@ -316,33 +362,35 @@ def multi_inference(lv: LoadedVersion, request: Any) -> Any:
             raise invalid_argument(f"Requested signature not found in model graph: {name}")
         if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
             raise ServingStatus("UNIMPLEMENTED", f"Unsupported signature method_name: {task.method_name}")
-        plans.append((task, name, _example_signature(lv, name, task.method_name, False)))
+        aliases = check_example_signature(lv.signature_defs[name], task.method_name, method_check)
+        plans.append((task, name, aliases))
     examples = serialized_examples(request.input)
     response = inference_pb2.MultiInferenceResponse()
-    for task, name, signature in plans:
+    for task, name, aliases in plans:
+        outputs = _run_examples(lv, name, examples, aliases)
         result = response.results.add()
-        _set_spec(result.model_spec, lv, task.model_spec.signature_name)
         if task.method_name == CLASSIFY_METHOD:
-            outputs = _run_examples(lv, name, examples, classification_outputs(signature))
             fill_classifications(result.classification_result, outputs, len(examples))
         else:
-            if "outputs" not in signature.outputs:
-                raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
-            outputs = _run_examples(lv, name, examples, ["outputs"])
             fill_regressions(result.regression_result, outputs["outputs"], len(examples))
+        _set_spec(result.model_spec, lv, name)
     return response
 
 
 # --------------------------------------------------------------------------- metadata
+def check_metadata_request(request: Any) -> None:
+    """get_model_metadata_impl.cc ValidateGetModelMetadataRequest: before the model is looked up."""
+    if not request.metadata_field:
+        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+    for name in request.metadata_field:
+        if name != "signature_def":
+            raise invalid_argument(f"Metadata field {name} is not supported")
+
+
 def metadata(lv: LoadedVersion, request: Any) -> Any:
     from tensorflow_serving.apis import get_model_metadata_pb2
 
-    fields = list(request.metadata_field)
-    if not fields:
-        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
-    for name in fields:
-        if name != "signature_def":
-            raise invalid_argument(f"Metadata field {name} is not supported")
+    check_metadata_request(request)
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     _set_spec(response.model_spec, lv, None)
     signature_map = get_model_metadata_pb2.SignatureDefMap()

@@ -66,34 +66,44 @@ class Handlers:
         return result
 
     def _Predict(self, request: Any) -> Any:  # noqa: N802 - API names
+        _require_model_spec(request)
         return self._on_version(request.model_spec, lambda lv: inference.predict(
             lv, request, self.options.max_request_tensor_bytes, self.batching,
-            as_content=self.options.enable_serialization_as_tensor_content), "Predict")
+            as_content=self.options.enable_serialization_as_tensor_content,
+            method_check=self.options.enable_signature_method_name_check), "Predict")
 
     def _Classify(self, request: Any) -> Any:  # noqa: N802
+        _require_model_spec(request)
         check = self.options.enable_signature_method_name_check
         return self._on_version(request.model_spec, lambda lv: inference.classify(lv, request, check), "Classify")
 
     def _Regress(self, request: Any) -> Any:  # noqa: N802
+        _require_model_spec(request)
         check = self.options.enable_signature_method_name_check
         return self._on_version(request.model_spec, lambda lv: inference.regress(lv, request, check), "Regress")
 
     def _MultiInference(self, request: Any) -> Any:  # noqa: N802
-        if not request.tasks:
-            raise invalid_argument("Tasks is empty.")
-        spec = request.tasks[0].model_spec
-        return self._on_version(spec, lambda lv: inference.multi_inference(lv, request))
+        """multi_inference_helper.cc: the first task's model spec, or an empty one (whose missing name is the
+        answer) when there is none."""
+        from tensorflow_serving.apis import model_pb2
+
+        first = request.tasks[0] if request.tasks else None
+        spec = first.model_spec if first is not None and first.HasField("model_spec") else model_pb2.ModelSpec()
+        check = self.options.enable_signature_method_name_check
+        return self._on_version(spec, lambda lv: inference.multi_inference(lv, request, check))
 
     def _GetModelMetadata(self, request: Any) -> Any:  # noqa: N802
+        _require_model_spec(request)
+        inference.check_metadata_request(request)
         return self._on_version(request.model_spec, lambda lv: inference.metadata(lv, request))
 
     def _GetModelStatus(self, request: Any) -> Any:  # noqa: N802
         from tensorflow_serving.apis import get_model_status_pb2
 
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
+        _require_model_spec(request)
         response = get_model_status_pb2.GetModelStatusResponse()
-        for version, state in self.manager.status(request.model_spec):
+        # newest first: ServableStateMonitor::VersionMap is ordered by std::greater<Version>
+        for version, state in sorted(self.manager.status(request.model_spec), key=lambda vs: -vs[0]):
             status = response.model_version_status.add()
             status.version = version
             status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
@@ -124,6 +134,13 @@ class Handlers:
         for name, value in before.items():  # how much each named counter grew during the reload
             response.metric.add(name=name, int64_value_increase=self.metrics.counter_total(name) - value)
         return response
+
+
+def _require_model_spec(request: Any) -> None:
+    """predict_impl.cc, classification_service.cc, regression_service.cc, get_model_metadata_impl.cc,
+    get_model_status_impl.cc: a request without a model spec is refused before anything is looked up."""
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
 
 
 _GRPC_METERED = ("Predict", "Classify", "Regress")
