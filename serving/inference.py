@@ -55,8 +55,9 @@ def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int) -> dict[
                 f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in request "
                 f"and no default value provided. Inputs expected to be in the request {{{','.join(sorted(sent))}}}, "
                 f"or default input alias set: {','.join(sorted(signature.defaults))}")
-        feeds.append((alias, proto, tensors.check_declared_size(proto, alias, max_bytes - total)))
-        total += _declared_bytes(proto)
+        dims = tensors.check_declared_size(proto, alias, max_bytes - total)
+        feeds.append((alias, proto, dims))
+        total += tensors.declared_bytes(proto, dims)
     used = sent & expected
     if sent and used != sent:
         raise invalid_argument(f"Inputs contains invalid name. Used request inputs: {','.join(sorted(used))}, "
@@ -93,14 +94,6 @@ def check_shape(alias: str, dims: tuple[int, ...], expected: Any) -> None:
     if len(got) != len(want) or any(w >= 0 and w != g for w, g in zip(want, got, strict=True)):
         shown = "[" + ",".join("?" if d.size < 0 else str(d.size) for d in expected.dim) + "]"
         raise invalid_argument(f"input {alias} has shape {list(dims)} but the signature expects {shown}")
-
-
-def _declared_bytes(proto: Any) -> int:
-    count = int(np.prod([d.size for d in proto.tensor_shape.dim], dtype=object)) if proto.tensor_shape.dim else 1
-    dtype = tensors.numpy_dtype(proto.dtype)
-    if dtype is object:
-        return sum(len(s) for s in proto.string_val) or count
-    return count * np.dtype(dtype).itemsize
 
 
 def output_aliases(signature: Any, output_filter: Any) -> list[str]:

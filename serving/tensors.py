@@ -1,9 +1,10 @@
 """numpy <-> `tensorflow.TensorProto`, without TensorFlow, with the declared size checked first.
 
 Client and server share this codec. It follows TensorFlow's own rules (`Tensor::FromProto`,
-`Tensor::AsProtoField`): numeric data either packed in `tensor_content` or in the typed `*_val` field;
-a typed field with fewer values than the shape holds is filled with its last value (so `[1e9]` floats
-can be declared with one value), strings in `string_val`.
+`Tensor::AsProtoField`): numeric data either packed in `tensor_content` or in the typed `*_val` field,
+strings in `string_val`; a typed field (strings included) with fewer values than the shape holds is
+filled with its last value (so `[1e9]` floats can be declared with one value), one with none with zeros
+or empty strings, and one with more is cut to the shape (tensor.cc FromProtoField).
 
 Why check before building: a request is small on the wire but may *declare* a huge tensor (shape
 `[1000000000]` with one value, or a broadcast fill). The element count and byte size are computed from
@@ -70,38 +71,43 @@ def numeric_dtype(code: int) -> np.dtype | None:
 
 
 def declared_shape(proto: Any, name: str) -> tuple[int, ...]:
+    """The shape a TensorProto declares; `unknown_rank` is ignored, as `TensorShape(proto)` ignores it."""
     shape = proto.tensor_shape
-    if shape.unknown_rank:
-        raise invalid_argument(f"tensor parsing error: {name} (shape of unknown rank)")
     dims = tuple(int(d.size) for d in shape.dim)
     if any(d < 0 for d in dims):
         raise invalid_argument(f"tensor parsing error: {name} (negative dimension in {list(dims)})")
     return dims
 
 
-def check_declared_size(proto: Any, name: str, max_bytes: int) -> tuple[int, ...]:
-    """The declared shape, once its element count fits `max_bytes` (RESOURCE_EXHAUSTED otherwise) and
-    the values sent can fill it (INVALID_ARGUMENT otherwise). Nothing is allocated."""
-    dims = declared_shape(proto, name)
+def declared_bytes(proto: Any, dims: tuple[int, ...]) -> int:
+    """The bytes a TensorProto of shape `dims` fills once parsed: its element count times the item size, or
+    for strings their lengths, the missing ones copies of the last one sent, each at least 1 byte."""
     count = math.prod(dims)
+    dtype = numpy_dtype(proto.dtype)
+    if dtype is not object:
+        return count * np.dtype(dtype).itemsize
+    strings = proto.string_val
+    filled = max(0, count - len(strings)) * (len(strings[-1]) if strings else 0)
+    return max(count, sum(len(v) for v in strings[:count]) + filled)
+
+
+def check_declared_size(proto: Any, name: str, max_bytes: int) -> tuple[int, ...]:
+    """The declared shape, once what it declares fits `max_bytes` (RESOURCE_EXHAUSTED otherwise) and the
+    proto parses as `Tensor::FromProto` parses it (INVALID_ARGUMENT otherwise). Nothing is allocated."""
     code = int(proto.dtype)
-    dtype = numpy_dtype(code)
-    item = 1 if dtype is object else np.dtype(dtype).itemsize
-    if count * item > max_bytes:
+    if code == 0:  # DT_INVALID: Tensor::FromProto fails
+        raise invalid_argument(f"tensor parsing error: {name} (no dtype)")
+    dims = declared_shape(proto, name)
+    size = declared_bytes(proto, dims)
+    if size > max_bytes:
         raise ServingStatus(
             "RESOURCE_EXHAUSTED",
-            f"tensor {name} declares shape {list(dims)} ({count * item} bytes), above the limit of "
+            f"tensor {name} declares shape {list(dims)} ({size} bytes), above the limit of "
             f"{max_bytes} bytes")
-    if dtype is object:
-        sent = len(proto.string_val)
-        if sent != count:
-            raise invalid_argument(
-                f"tensor parsing error: {name} (shape {list(dims)} needs {count} strings, {sent} sent)")
-    elif proto.tensor_content:
-        if len(proto.tensor_content) != count * item:
-            raise invalid_argument(
-                f"tensor parsing error: {name} (tensor_content has {len(proto.tensor_content)} bytes, "
-                f"shape {list(dims)} of {dtype_name(code)} needs {count * item})")
+    if numpy_dtype(code) is not object and proto.tensor_content and len(proto.tensor_content) != size:
+        raise invalid_argument(
+            f"tensor parsing error: {name} (tensor_content has {len(proto.tensor_content)} bytes, "
+            f"shape {list(dims)} of {dtype_name(code)} needs {size})")
     return dims
 
 
@@ -112,8 +118,10 @@ def to_array(proto: Any, name: str, max_bytes: int) -> np.ndarray:
     _, dtype, field = _DTYPES[code]
     count = math.prod(dims)
     if dtype is object:
+        strings = list(proto.string_val[:count])
         array = np.empty(count, dtype=object)
-        array[:] = list(proto.string_val)
+        array[:len(strings)] = strings
+        array[len(strings):] = strings[-1] if strings else b""
         return array.reshape(dims)
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(dims).copy()
@@ -125,10 +133,8 @@ def to_array(proto: Any, name: str, max_bytes: int) -> np.ndarray:
         flat = pairs.view(dtype)
     else:
         flat = np.asarray(values, dtype=dtype)
-    if flat.size == count:
-        return flat.reshape(dims)
-    if flat.size > count:
-        raise invalid_argument(f"tensor parsing error: {name} ({flat.size} values for shape {list(dims)})")
+    if flat.size >= count:
+        return flat[:count].reshape(dims)
     full = np.zeros(count, dtype=dtype)  # TensorFlow's rule: the last value fills the rest
     full[:flat.size] = flat
     if flat.size:

@@ -215,14 +215,30 @@ def predict(
         inputs if inputs is not None else {"x": ("float", (1, 1), [2.0])}
     ).items():
         tensor = request.inputs[alias]
-        tensor.dtype = {"float": 1, "string": 7, "bool": 10}[dtype]
-        getattr(tensor, {"float": "float_val", "string": "string_val", "bool": "bool_val"}[dtype]).extend(
-            values
-        )
+        tensor.dtype = {"float": 1, "string": 7, "bool": 10, "invalid": 0}[dtype]
+        getattr(
+            tensor,
+            {"float": "float_val", "string": "string_val", "bool": "bool_val", "invalid": "float_val"}[dtype],
+        ).extend(values)
         for size in shape or ():
             tensor.tensor_shape.dim.add().size = size
     request.output_filter.extend(output_filter)
     return "Predict", request
+
+
+def _unknown_rank(build: tuple[str, Any]) -> tuple[str, Any]:
+    """The request with every input's shape also marked unknown_rank (TensorShape(proto) ignores the mark)."""
+    for tensor in build[1].inputs.values():
+        tensor.tensor_shape.unknown_rank = True
+    return build
+
+
+def _example(x: float) -> bytes:
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    example.features.feature["x"].float_list.value.append(x)
+    return example.SerializeToString()
 
 
 def _input(target: Any, kind: str, xs: tuple[float, ...], context: float | None = None) -> None:
@@ -426,6 +442,26 @@ CASES: list[tuple[str, Callable[[], tuple[str, Any]], str, str]] = [
         "OK",
         "",
     ),
+    # tensor.cc Tensor::FromProto (through GetInputValues' 'tensor parsing error: <alias>')
+    (
+        "tensor.cc:FromProto-more-values-cut",
+        lambda: predict(inputs={"x": ("float", (1, 1), [2.0, 5.0])}),
+        "OK",
+        "",
+    ),
+    (
+        "tensor.cc:FromProto-strings-filled",
+        lambda: predict("tf2", "regress_x_to_y", inputs={"inputs": ("string", (2,), [_example(4.0)])}),
+        "OK",
+        "",
+    ),
+    (
+        "tensor.cc:FromProto-invalid-dtype",
+        lambda: predict(inputs={"x": ("invalid", (1, 1), [2.0])}),
+        "INVALID_ARGUMENT",
+        "tensor parsing error: x",
+    ),
+    ("tensor.cc:FromProto-unknown-rank-ignored", lambda: _unknown_rank(predict()), "OK", ""),
     (
         "grpc_status_util:message-truncated-at-1024",
         lambda: predict(inputs={f"unknown_input_alias_{i:04d}": ("float", (1,), [1.0]) for i in range(80)}),
@@ -808,6 +844,9 @@ def test_successful_answers_as_tf_serving(server):
     assert list(answer("predict_util_test:EmptyInputList-tf2-default").outputs["y"].float_val) == [2.0]  # x=0
     filled = answer("tensor.cc:FromProto-bad-content").outputs["y"]  # no values: zeros, as Tensor::FromProto
     assert list(filled.float_val) == [2.0, 2.0, 2.0]
+    assert list(answer("tensor.cc:FromProto-more-values-cut").outputs["y"].float_val) == [3.0]
+    assert list(answer("tensor.cc:FromProto-strings-filled").outputs["outputs"].float_val) == [4.0, 4.0]
+    assert list(answer("tensor.cc:FromProto-unknown-rank-ignored").outputs["y"].float_val) == [3.0]
     classes = answer("classifier_test:ClassesOnly").result.classifications
     assert [[(c.label, c.score) for c in r.classes] for r in classes] == [[("a", 0), ("b", 0)]] * 2
     scores = answer("classifier_test:ScoresOnly").result.classifications
