@@ -32,11 +32,13 @@ def _set_spec(spec: Any, lv: LoadedVersion, signature_name: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- Predict
-def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int) -> dict[str, np.ndarray]:
+def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int,
+                   output_filter: Any = ()) -> dict[str, np.ndarray]:
     """Request tensors (and the signature's defaults for inputs not sent) as arrays, checked as TF Serving
     checks them and in its order: the input count (predict_util.cc VerifyRequestInputsSize), each signature
-    input found or defaulted and parsed (saved_model/util.cc GetInputValues), then the dtypes the session
-    run refuses (`Expects arg[i]`, i the feed's position). Sizes are checked before any array is built."""
+    input found or defaulted and parsed (saved_model/util.cc GetInputValues), the `output_filter`
+    (PreProcessPrediction), then the dtypes the session run refuses (`Expects arg[i]`, i the feed's
+    position). Sizes are checked before any array is built."""
     expected, sent = set(signature.inputs), set(request_inputs.keys())
     if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
         raise invalid_argument(
@@ -62,6 +64,8 @@ def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int) -> dict[
     if sent and used != sent:
         raise invalid_argument(f"Inputs contains invalid name. Used request inputs: {','.join(sorted(used))}, "
                                f"request input: {','.join(sorted(sent))}")
+    if output_filter:
+        output_aliases(signature, output_filter)
     for index, (alias, proto, _) in enumerate(feeds):
         info = signature.inputs[alias]
         if proto.dtype != info.dtype:
@@ -187,7 +191,7 @@ def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_
                             f"{', '.join(PREDICT_SIGNATURE_METHODS)}}}. Was: {plan.signature.method_name}")
     inputs = plan.arrays(request.inputs, max_bytes)
     if inputs is None:
-        inputs = predict_inputs(plan.signature, request.inputs, max_bytes)
+        inputs = predict_inputs(plan.signature, request.inputs, max_bytes, request.output_filter)
     aliases = output_aliases(plan.signature, request.output_filter) if request.output_filter else plan.outputs
     if batching and not batchable(inputs):
         raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
@@ -300,7 +304,14 @@ def fill_regressions(result: Any, values: np.ndarray, n: int) -> None:
         result.regressions.add().value = float(value)
 
 
-def _run_examples(lv: LoadedVersion, signature_name: str, examples: list[bytes], aliases: list[str]) -> dict:
+def _run_examples(lv: LoadedVersion, signature_name: str, examples: list[bytes], aliases: list[str],
+                  feed_index: int = 0) -> dict:
+    """Feed the serialized examples to the signature's `inputs` tensor. A tensor of another dtype is refused
+    in the words of TF Serving's session run (`feed_index`: the tensor's place among the run's feeds)."""
+    info = lv.signature_defs[signature_name].inputs["inputs"]
+    if info.dtype != tensors.DT_STRING:
+        raise invalid_argument(f"Expects arg[{feed_index}] to be {tensors.dtype_name(info.dtype)} but string is "
+                               "provided")
     array = np.empty(len(examples), dtype=object)
     array[:] = examples
     return lv.run(signature_name, {"inputs": array}, aliases)
@@ -358,9 +369,12 @@ def multi_inference(lv: LoadedVersion, request: Any, method_check: bool = False)
         aliases = check_example_signature(lv.signature_defs[name], task.method_name, method_check)
         plans.append((task, name, aliases))
     examples = serialized_examples(request.input)
+    # one session run feeds every task's input tensor, in the order of their names (a std::set)
+    feeds = sorted({lv.signature_defs[name].inputs["inputs"].name for _, name, _ in plans})
     response = inference_pb2.MultiInferenceResponse()
     for task, name, aliases in plans:
-        outputs = _run_examples(lv, name, examples, aliases)
+        index = feeds.index(lv.signature_defs[name].inputs["inputs"].name)
+        outputs = _run_examples(lv, name, examples, aliases, index)
         result = response.results.add()
         if task.method_name == CLASSIFY_METHOD:
             fill_classifications(result.classification_result, outputs, len(examples))

@@ -104,6 +104,9 @@ def check_declared_size(proto: Any, name: str, max_bytes: int) -> tuple[int, ...
             "RESOURCE_EXHAUSTED",
             f"tensor {name} declares shape {list(dims)} ({size} bytes), above the limit of "
             f"{max_bytes} bytes")
+    if numpy_dtype(code) is object and proto.tensor_content:  # TensorFlow's own string encoding: not read here
+        raise invalid_argument(f"tensor parsing error: {name} (strings in tensor_content are not supported; "
+                               "send them in string_val)")
     if numpy_dtype(code) is not object and proto.tensor_content and len(proto.tensor_content) != size:
         raise invalid_argument(
             f"tensor parsing error: {name} (tensor_content has {len(proto.tensor_content)} bytes, "

@@ -233,6 +233,12 @@ def _unknown_rank(build: tuple[str, Any]) -> tuple[str, Any]:
     return build
 
 
+def _string_content(build: tuple[str, Any]) -> tuple[str, Any]:
+    """The request with its string input's bytes in tensor_content (TensorFlow's own string encoding)."""
+    build[1].inputs["inputs"].tensor_content = b"\x01a"
+    return build
+
+
 def _example(x: float) -> bytes:
     from tensorflow.core.example import example_pb2
 
@@ -429,6 +435,12 @@ CASES: list[tuple[str, Callable[[], tuple[str, Any]], str, str]] = [
         "duplicate output tensor alias: y",
     ),
     (
+        "predict_util:output-filter-before-session-dtype",
+        lambda: predict(inputs={"x": ("string", (1,), [b"2"])}, output_filter=("nope",)),
+        "INVALID_ARGUMENT",
+        "output tensor alias not found in signature: nope",
+    ),
+    (
         "predict_util_test:PredictionSuccess-scalar",
         lambda: predict(inputs={"x": ("float", None, [2.0])}),
         "OK",
@@ -542,6 +554,18 @@ CASES: list[tuple[str, Callable[[], tuple[str, Any]], str, str]] = [
         lambda: classify("examples", "classify_two_inputs"),
         "INVALID_ARGUMENT",
         "Expected one input Tensor.",
+    ),
+    (
+        "util.cc:examples-fed-to-a-float-input",
+        lambda: classify("tf2", "classify_x2_to_y3"),
+        "INVALID_ARGUMENT",
+        "Expects arg[0] to be float but string is provided",
+    ),
+    (
+        "tensor.cc:string-tensor_content-refused",
+        lambda: _string_content(predict("tf2", "regress_x_to_y", inputs={"inputs": ("string", (1,), [])})),
+        "INVALID_ARGUMENT",
+        "tensor parsing error: inputs",
     ),
     (
         "classifier_test:ClassesOnly",
