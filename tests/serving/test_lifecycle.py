@@ -67,7 +67,7 @@ def test_warmup_replayed_before_available_and_a_failing_record_fails_the_load(tm
         _warmup_file(_install(tmp_path, "124"), input_name="not_an_input")  # this version cannot serve
         _wait(lambda: 124 in _states(server) and _states(server)[124][1])
         state, error = _states(server)[124]
-        assert "input tensor alias not found" in error and state in ("LOADING", "END")
+        assert "Signature input alias: x(feed name: x:0) not found in request" in error and state in ("LOADING", "END")
         assert server.manager.resolve(_spec("m")).version == 123  # the old version keeps serving
     finally:
         server.stop()
