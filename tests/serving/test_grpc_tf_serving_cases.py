@@ -411,6 +411,12 @@ CASES: list[tuple[str, Callable[[], tuple[str, Any]], str, str]] = [
         "provided. Inputs expected to be in the request {extra}, or default input alias set: ",
     ),
     (
+        "saved_model/util.cc:GetInputValues-invalid-name-beside-default",
+        lambda: predict("tf2", inputs={"z": ("float", (1,), [2.0])}),
+        "INVALID_ARGUMENT",
+        "Inputs contains invalid name. Used request inputs: , request input: z",
+    ),
+    (
         "predict_util_test:PredictionInvalidTensor",
         lambda: predict(inputs={"x": ("bool", None, [True])}),
         "INVALID_ARGUMENT",
