@@ -32,13 +32,13 @@ def _set_spec(spec: Any, lv: LoadedVersion, signature_name: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- Predict
-def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int,
-                   output_filter: Any = ()) -> dict[str, np.ndarray]:
+def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int, output_filter: Any = (),
+                   batching: bool = False) -> dict[str, np.ndarray]:
     """Request tensors (and the signature's defaults for inputs not sent) as arrays, checked as TF Serving
     checks them and in its order: the input count (predict_util.cc VerifyRequestInputsSize), each signature
     input found or defaulted and parsed (saved_model/util.cc GetInputValues), the `output_filter`
-    (PreProcessPrediction), then the dtypes the session run refuses (`Expects arg[i]`, i the feed's
-    position). Sizes are checked before any array is built."""
+    (PreProcessPrediction), what the batching session refuses when `batching`, then the dtypes the session
+    run refuses (`Expects arg[i]`, i the feed's position). Sizes are checked before any array is built."""
     expected, sent = set(signature.inputs), set(request_inputs.keys())
     if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
         raise invalid_argument(
@@ -66,6 +66,8 @@ def predict_inputs(signature: Any, request_inputs: Any, max_bytes: int,
                                f"request input: {','.join(sorted(sent))}")
     if output_filter:
         output_aliases(signature, output_filter)
+    if batching and (error := batching_error([dims for _, _, dims in feeds])):
+        raise invalid_argument(error)
     for index, (alias, proto, _) in enumerate(feeds):
         info = signature.inputs[alias]
         if proto.dtype != info.dtype:
@@ -112,10 +114,20 @@ def output_aliases(signature: Any, output_filter: Any) -> list[str]:
     return aliases or sorted(signature.outputs)
 
 
-def batchable(inputs: dict[str, np.ndarray]) -> bool:
-    """Merging needs a shared 0th dimension (TF Serving's batching session refuses other requests too)."""
-    sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
-    return bool(inputs) and None not in sizes and len(sizes) == 1
+def batching_error(shapes: list[tuple[int, ...]]) -> str | None:
+    """What TF Serving's batching session refuses before it runs (batching_util.h ComputeTensorBatchSize):
+    merging needs at least one input, each of rank 1 or more, all of one 0th-dimension size."""
+    if not shapes:
+        return "Batching Run() must have at least one input tensor"
+    size = None
+    for shape in shapes:
+        if not shape:
+            return "Batching Run() input tensors must have at least one dimension"
+        if size is None:
+            size = shape[0]
+        elif shape[0] != size:
+            return "Batching Run() input tensors must have equal 0th-dimension size"
+    return None
 
 
 class PredictPlan:
@@ -191,10 +203,10 @@ def predict(lv: LoadedVersion, request: Any, max_bytes: int, batching: bool, as_
                             f"{', '.join(PREDICT_SIGNATURE_METHODS)}}}. Was: {plan.signature.method_name}")
     inputs = plan.arrays(request.inputs, max_bytes)
     if inputs is None:
-        inputs = predict_inputs(plan.signature, request.inputs, max_bytes, request.output_filter)
+        inputs = predict_inputs(plan.signature, request.inputs, max_bytes, request.output_filter, batching)
     aliases = output_aliases(plan.signature, request.output_filter) if request.output_filter else plan.outputs
-    if batching and not batchable(inputs):
-        raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
+    if batching and (error := batching_error([inputs[alias].shape for alias in sorted(inputs)])):
+        raise invalid_argument(error)
     outputs = lv.run(signature_name, inputs, aliases)
     response = predict_pb2.PredictResponse()
     _set_spec(response.model_spec, lv, signature_name)

@@ -188,6 +188,14 @@ def test_status_codes_as_tf_serving(tfs):
     assert _code(lambda: models.GetModelStatus(status, 5))[0] == "NOT_FOUND"
 
 
+def test_batching_session_refuses_a_scalar_as_tf_serving(tfs):
+    """With --enable_batching, TF Serving's batching session refuses inputs it cannot merge
+    (batching_util.h ComputeTensorBatchSize) before the model runs."""
+    predict, _ = _stub(tfs["grpc"])
+    assert _code(lambda: predict.Predict(_x_request(shape=()), 5)) == (
+        "INVALID_ARGUMENT", "Batching Run() input tensors must have at least one dimension")
+
+
 def test_rest_api_routes_formats_and_errors(tfs):
     base = tfs["rest"] + "/v1/models"
     assert _rest(f"{base}/default:predict", {"instances": [2.0, 3.0, 4.0]}) == (200, {"predictions": [3.0, 3.5, 4.0]})
