@@ -453,7 +453,7 @@ CASES: list[tuple[str, Callable[[], tuple[str, Any]], str, str]] = [
         "",
     ),
     ("predict_util_test:EmptyInputList-tf2-default", lambda: predict("tf2", inputs={}), "OK", ""),
-    ("tensor.cc:FromProto-bad-content", lambda: predict(inputs={"x": ("float", (3, 1), [])}), "OK", ""),
+    ("tensor.cc:FromProto-no-values-zeros", lambda: predict(inputs={"x": ("float", (3, 1), [])}), "OK", ""),
     (
         "predict_util_test:PredictionWithNamedClassificationSignature-tf2",
         lambda: predict("tf2", "classify_x2_to_y3", inputs={"inputs": ("float", (1,), [2.0])}),
@@ -872,7 +872,7 @@ def test_successful_answers_as_tf_serving(server):
     scalar = answer("predict_util_test:PredictionSuccess-scalar").outputs["y"]
     assert (list(scalar.float_val), list(scalar.tensor_shape.dim)) == ([3.0], [])
     assert list(answer("predict_util_test:EmptyInputList-tf2-default").outputs["y"].float_val) == [2.0]  # x=0
-    filled = answer("tensor.cc:FromProto-bad-content").outputs["y"]  # no values: zeros, as Tensor::FromProto
+    filled = answer("tensor.cc:FromProto-no-values-zeros").outputs["y"]  # zeros, as Tensor::FromProto
     assert list(filled.float_val) == [2.0, 2.0, 2.0]
     assert list(answer("tensor.cc:FromProto-more-values-cut").outputs["y"].float_val) == [3.0]
     assert list(answer("tensor.cc:FromProto-strings-filled").outputs["outputs"].float_val) == [4.0, 4.0]
