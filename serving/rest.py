@@ -20,7 +20,9 @@ JSON is converted to the same request protos the gRPC API takes and goes through
 from __future__ import annotations
 
 import base64
+import decimal
 import json
+import math
 import re
 import socket
 import threading
@@ -40,94 +42,319 @@ STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?
 API_PATH = re.compile(r"(?i)/v1/.*")
 
 
-# --------------------------------------------------------------------------- JSON -> tensors
+# --------------------------------------------------------------------------- JSON values (json_tensor.cc)
+_MAX_DEBUG_BYTES = 256  # kMaxJsonDebugStringBytes
+_INT_RANGES = {  # dtype -> the rapidjson test json_tensor.cc applies (IsInt, IsInt64, IsUint, IsUint64)
+    3: (-(2**31), 2**31 - 1), 4: (-(2**31), 2**31 - 1), 5: (-(2**31), 2**31 - 1), 6: (-(2**31), 2**31 - 1),
+    9: (-(2**63), 2**63 - 1), 22: (0, 2**32 - 1), 23: (0, 2**64 - 1),
+}
+_CONVERTED = {1, 2, 7, 10, *_INT_RANGES}  # AddValueToTensor's cases; any other dtype is UNIMPLEMENTED
+
+
+def _is_integer(value: Any) -> bool:
+    """A JSON integer as rapidjson keeps it (in [-2^63, 2^64)); a longer one it reads as a double."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
+
+
+def _json_type(value: Any) -> str:
+    """rapidjson's type names (JsonTypeString)."""
+    if value is None or isinstance(value, bool):
+        return {None: "Null", False: "False", True: "True"}[value]
+    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+
+
+def _number_text(value: Any) -> str:
+    """A number as rapidjson's Writer prints it: integers as they are, doubles shortest with `.0`/`e`."""
+    if _is_integer(value):
+        return str(value)
+    number = float(value)
+    if number != number or number in (math.inf, -math.inf):
+        return ""  # rapidjson's Writer refuses non-finite doubles
+    if number == 0:
+        return "-0.0" if math.copysign(1.0, number) < 0 else "0.0"
+    sign, digits, exponent = decimal.Decimal(repr(number)).normalize().as_tuple()
+    text, k = "".join(map(str, digits)), int(exponent)
+    kk = len(text) + k
+    if 0 <= k and kk <= 21:
+        body = text + "0" * k + ".0"
+    elif 0 < kk <= 21:
+        body = text[:kk] + "." + text[kk:]
+    elif -6 < kk <= 0:
+        body = "0." + "0" * -kk + text
+    else:
+        body = (text if len(text) == 1 else text[0] + "." + text[1:]) + f"e{kk - 1}"
+    return ("-" if sign else "") + body
+
+
+def _debug_tokens(value: Any, depth: int, prefix: str) -> Any:
+    """Pieces of rapidjson's PrettyWriter output (kFormatSingleLineArray, 4-space indent), one per writer call."""
+    if isinstance(value, dict):
+        yield prefix + "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield ("," if i else "") + "\n" + "    " * (depth + 1) + _string_text(key)
+            yield from _debug_tokens(item, depth + 1, ": ")
+        yield ("\n" + "    " * depth if value else "") + "}"
+    elif isinstance(value, list):
+        yield prefix + "["
+        for i, item in enumerate(value):
+            yield from _debug_tokens(item, depth + 1, ", " if i else "")
+        yield "]"
+    elif isinstance(value, str):
+        yield prefix + _string_text(value)
+    elif value is None or isinstance(value, bool):
+        yield prefix + {None: "null", False: "false", True: "true"}[value]
+    else:
+        yield prefix + _number_text(value)
+
+
+def _string_text(value: str) -> str:
+    return re.sub(r"\\u00([0-9a-f]{2})", lambda m: "\\u00" + m.group(1).upper(), json.dumps(value, ensure_ascii=False))
+
+
+def debug_string(value: Any) -> str:
+    """JsonValueToDebugString: the value as TF Serving quotes it in errors, cut once 256 bytes are written."""
+    out, size = [], 0
+    for piece in _debug_tokens(value, 0, ""):
+        if size >= _MAX_DEBUG_BYTES:  # JsonWriterWithLimit: no writer call once the buffer is full
+            break
+        out.append(piece)
+        size += len(piece.encode("utf-8", "surrogateescape"))
+    return "".join(out)
+
+
+def _format_error(doc: Any, *message: str) -> ServingStatus:
+    return invalid_argument(f"JSON Value: {debug_string(doc)} " + "".join(message))
+
+
+def _type_error(value: Any, dtype_code: int) -> ServingStatus:
+    return invalid_argument(f"JSON Value: {debug_string(value)} Type: {_json_type(value)} is not of expected "
+                            f"type: {tensors.dtype_name(dtype_code)}")
+
+
 def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+    """IsValBase64Object: an object whose only key is `b64`, holding a string."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _decode_b64(value: dict) -> bytes:
+def _decode_b64(value: Any) -> bytes:
+    if not _is_b64(value):
+        raise invalid_argument(f"JSON Value: {debug_string(value)} not formatted correctly for base64 data")
     try:
         return base64.b64decode(value["b64"], validate=True)
-    except Exception as exc:  # noqa: BLE001 - binascii.Error, TypeError
+    except Exception as exc:  # noqa: BLE001 - binascii.Error
         raise invalid_argument("Unable to base64 decode") from exc
 
 
-def _strings(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_strings(v) for v in value]
-    if _is_b64(value):
-        return _decode_b64(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise invalid_argument(f"JSON Value: {json.dumps(value)} not formatted correctly for base64 data")
-
-
-def json_to_array(value: Any, dtype_code: int, name: str) -> np.ndarray:
-    """One input's JSON value as an array of the signature's dtype; ragged lists are INVALID_ARGUMENT."""
-    dtype = tensors.numpy_dtype(dtype_code)
+def _utf8(value: str) -> bytes:
+    """The bytes the client sent (the body is decoded with surrogateescape: rapidjson does not validate UTF-8)."""
     try:
-        if dtype is object:
-            nested = _strings(value)
-            shape = np.asarray(nested, dtype=object).shape if not isinstance(nested, bytes) else ()
-            array = np.empty(shape, dtype=object)
-            array[...] = nested if shape else nested
-            return array
-        if isinstance(value, dict):
-            raise invalid_argument(f"JSON Value: {json.dumps(value)[:200]} Type: Object is not of expected type: "
-                                   f"{tensors.dtype_name(dtype_code)}")
-        return np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise invalid_argument(f"Failed to process input {name}: {exc}") from exc
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise invalid_argument("JSON Parse error: The surrogate pair in string is invalid.") from exc
+
+
+def _leaf(value: Any, dtype_code: int) -> Any:
+    """AddValueToTensor: one JSON value as the dtype takes it, or the error TF Serving gives."""
+    if isinstance(value, dict):
+        if dtype_code == tensors.DT_STRING:
+            return _decode_b64(value)
+        raise _type_error(value, dtype_code)
+    if dtype_code not in _CONVERTED:
+        raise ServingStatus("UNIMPLEMENTED", f"Conversion of JSON Value: {debug_string(value)} to type: "
+                                             f"{tensors.dtype_name(dtype_code)}")
+    if dtype_code in (1, 2):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif dtype_code == tensors.DT_STRING:
+        ok = isinstance(value, str)
+    elif dtype_code == 10:
+        ok = isinstance(value, bool)
+    else:
+        low, high = _INT_RANGES[dtype_code]
+        ok = _is_integer(value) and low <= value <= high
+    if not ok:
+        raise _type_error(value, dtype_code)
+    return _utf8(value) if dtype_code == tensors.DT_STRING else value
+
+
+def _dense_shape(value: Any) -> list[int]:
+    """GetDenseTensorShape: the shape read along the first element of each level."""
+    dims = []
+    while isinstance(value, list):
+        dims.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return dims
+
+
+def _fill(value: Any, level: int, dims: list[int], dtype_code: int, out: list) -> None:
+    """FillTensorProto: every leaf at the level the shape says, every list the size the shape says."""
+    if not isinstance(value, list):
+        if level != len(dims):
+            raise invalid_argument(f"JSON Value: {debug_string(value)} found at incorrect level: {level + 1} in "
+                                   f"the JSON DOM. Expected at level: {len(dims)}")
+        out.append(_leaf(value, dtype_code))
+        return
+    if level >= len(dims):
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {len(dims)}")
+    if len(value) != dims[level]:
+        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: {level} expected "
+                               f"size: {dims[level]}")
+    for item in value:
+        _fill(item, level + 1, dims, dtype_code, out)
+
+
+def _array(values: list, dims: list[int], dtype_code: int) -> np.ndarray:
+    """The values as the signature's dtype; narrower integers wrap as TensorFlow's proto parsing casts them."""
+    dtype = tensors.numpy_dtype(dtype_code)
+    if dtype is object:
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    elif dtype_code in (1, 2):
+        with np.errstate(over="ignore"):  # a double beyond float's range is +-inf, as GetFloat() gives
+            array = np.asarray([float(v) for v in values], dtype=np.float64).astype(dtype)
+    elif dtype_code == 23:
+        array = np.asarray(values, dtype=np.uint64)
+    else:
+        array = np.asarray(values, dtype=np.int64).astype(dtype)
+    return array.reshape(dims)
+
+
+def json_to_array(value: Any, dtype_code: int) -> np.ndarray:
+    """One tensor from its JSON value (a scalar, a list of lists, b64 objects for strings)."""
+    dims, values = _dense_shape(value), []
+    _fill(value, 0, dims, dtype_code, values)
+    return _array(values, dims, dtype_code)
+
+
+def _shape_text(dims: list[int]) -> str:
+    return "[" + ",".join(map(str, dims)) + "]"
+
+
+def _is_element_object(value: Any) -> bool:
+    return isinstance(value, dict) and not _is_b64(value)
 
 
 def _instances(instances: list, infos: dict[str, Any]) -> dict[str, np.ndarray]:
-    objects = isinstance(instances[0], dict) and not _is_b64(instances[0])
-    if not objects and len(infos) > 1:
+    """FillTensorMapFromInstancesList: each element one row, all rows of a tensor the same shape."""
+    if not isinstance(instances[0], dict) and len(infos) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as multiple input tensors "
                                "required as per tensorinfo_map")
-    columns: dict[str, list] = {name: [] for name in infos}
-    for i, item in enumerate(instances):
-        is_object = isinstance(item, dict) and not _is_b64(item)
-        if objects != is_object:
-            raise invalid_argument(f"Expecting {'object but got list' if objects else 'value/list but got object'} "
-                                   f"at item {i} of input list")
+    objects = _is_element_object(instances[0])
+    shapes: dict[str, list[int]] = {}
+    values: dict[str, list] = {}
+
+    def add(item: Any, name: str) -> None:  # AddInstanceItem
+        if name not in infos:
+            raise invalid_argument(f"JSON object: does not have named input: {name}")
+        dims, row = _dense_shape(item), []
+        _fill(item, 0, dims, infos[name].dtype, row)
+        if name not in shapes:
+            shapes[name], values[name] = dims, []
+        elif math.prod(shapes[name]) != len(row):
+            raise invalid_argument(f"Expecting tensor size: {math.prod(shapes[name])} but got: {len(row)}")
+        elif shapes[name] != dims:
+            raise invalid_argument(f"Expecting shape {_shape_text(shapes[name])} but got: {_shape_text(dims)}")
+        values[name].extend(row)
+
+    for i, element in enumerate(instances):
         if objects:
-            if set(item) != set(infos):
+            if not _is_element_object(element):
+                raise invalid_argument(f"Expecting object but got list at item {i} of input list")
+            for name, item in element.items():
+                try:
+                    add(item, name)
+                except ServingStatus as exc:
+                    raise invalid_argument(f"Failed to process element: {i} key: {name} of 'instances' list. "
+                                           f"Error: {exc.code_name}: {exc.message}") from exc
+            if set(element) != set(infos):
                 raise invalid_argument(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                                       f"{json.dumps(item)[:200]} keys must be equal to: {','.join(sorted(infos))}")
-            for name in infos:
-                columns[name].append(item[name])
+                                       f"{debug_string(element)} keys must be equal to: {','.join(sorted(infos))}")
         else:
-            columns[next(iter(infos))].append(item)
-    return {name: json_to_array(values, infos[name].dtype, name) for name, values in columns.items()}
+            if _is_element_object(element):
+                raise invalid_argument(f"Expecting value/list but got object at item {i} of input list")
+            try:
+                add(element, min(infos))
+            except ServingStatus as exc:
+                raise invalid_argument(f"Failed to process element: {i} of 'instances' list. "
+                                       f"Error: {exc.code_name}: {exc.message}") from exc
+    count = len(instances)
+    return {name: _array(values[name], [count, *shapes[name]], infos[name].dtype) for name in shapes}
 
 
 def _inputs(value: Any, infos: dict[str, Any]) -> dict[str, np.ndarray]:
+    """FillTensorMapFromInputsMap: one value for a single input, else an object naming every input."""
     if not isinstance(value, dict) or _is_b64(value):
         if len(infos) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input tensors "
                                    "required as per tensorinfo_map")
-        name = next(iter(infos))
-        return {name: json_to_array(value, infos[name].dtype, name)}
+        name = min(infos)
+        return {name: json_to_array(value, infos[name].dtype)}
     arrays = {}
-    for name, info in infos.items():
+    for name in sorted(infos):
         if name not in value:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        arrays[name] = json_to_array(value[name], info.dtype, name)
+        arrays[name] = json_to_array(value[name], infos[name].dtype)
     return arrays
 
 
-def parse_body(body: bytes) -> dict:
-    if not body.strip():
+# rapidjson's GetParseError_En for the errors Python's json reports differently (json_tensor.cc ParseJson).
+_PARSE_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+}
+
+
+def _innermost(text: str, pos: int) -> str:
+    """The bracket ('[' or '{') open at `pos`, for rapidjson's 'Missing a comma or ...' messages."""
+    stack, in_string, escaped = [], False, False
+    for char in text[:pos]:
+        if in_string:
+            in_string = not (char == '"' and not escaped)
+            escaped = char == "\\" and not escaped
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            stack.append(char)
+        elif char in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else "["
+
+
+def parse_json(body: bytes) -> Any:
+    """ParseJson: rapidjson with NaN/Infinity tokens, stopping after the first value (trailing bytes ignored);
+    the top level must be an object. Strings keep the bytes sent (UTF-8 is not validated)."""
+    if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    text = body.decode("utf-8", "surrogateescape")
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    if start == len(text):
+        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_argument(f"JSON Parse error: {exc}") from exc
+        doc, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Expecting ',' delimiter":
+            reason = ("Missing a comma or '}' after an object member." if _innermost(text, exc.pos) == "{"
+                      else "Missing a comma or ']' after an array element.")
+        else:
+            reason = _PARSE_ERRORS.get(exc.msg, exc.msg)
+        offset = len(text[:exc.pos].encode("utf-8", "surrogateescape"))
+        raise invalid_argument(f"JSON Parse error: {reason} at offset: {offset}") from exc
     if not isinstance(doc, dict):
-        raise invalid_argument(f"JSON Value: {body[:200].decode('utf-8', 'replace')} Is not object")
+        raise _format_error(doc, "Is not object")
+    return doc
+
+
+def parse_body(body: bytes) -> dict:
+    """The request object with its (optional) string `signature_name` (FillSignature)."""
+    doc = parse_json(body)
     if "signature_name" in doc and not isinstance(doc["signature_name"], str):
-        raise invalid_argument("'signature_name' key must be a string value.")
+        raise _format_error(doc, "not formatted correctly. 'signature_name' key must be a string value.")
     return doc
 
 
@@ -145,14 +372,15 @@ def predict_request(doc: dict, spec_fill: Any, handlers: Handlers) -> tuple[Any,
         raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
     infos = dict(signature.inputs)
     if not infos:
-        raise invalid_argument(f"Failed to get input map for signature: {name or 'DEFAULT'}")
-    if "instances" in doc and "inputs" in doc:
-        raise invalid_argument("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
+        raise invalid_argument(f"Failed to get input map for signature: {request.model_spec.signature_name or 'DEFAULT'}")
     if "instances" in doc:
+        if "inputs" in doc:
+            raise _format_error(doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys "
+                                     "to exist ")
         if not isinstance(doc["instances"], list):
-            raise invalid_argument("Expecting 'instances' to be an list/array")
+            raise _format_error(doc, "Expecting 'instances' to be an list/array")
         if not doc["instances"]:
-            raise invalid_argument("No values in 'instances' array")
+            raise _format_error(doc, "No values in 'instances' array")
         arrays, fmt = _instances(doc["instances"], infos), "row"
     elif "inputs" in doc:
         arrays, fmt = _inputs(doc["inputs"], infos), "columnar"
@@ -192,45 +420,55 @@ def predict_json(response: Any, fmt: str) -> dict:
 
 
 # --------------------------------------------------------------------------- Classify / Regress
-def _feature(value: Any, name: str, feature: Any) -> None:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, bool) or (isinstance(item, int)):
-            kind, values = "int64_list", int(item)
-        elif isinstance(item, float):
-            kind, values = "float_list", item
-        elif isinstance(item, str):
-            kind, values = "bytes_list", item.encode("utf-8")
-        elif _is_b64(item):
-            kind, values = "bytes_list", _decode_b64(item)
-        else:
-            raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {type(item).__name__}")
-        current = feature.WhichOneof("kind")
-        if current not in (None, kind):
-            raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: "
-                                   f"{current.split('_')[0]}")
-        getattr(feature, kind).value.append(values)
+_KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", None: "UNKNOWN"}
+
+
+def _feature_value(item: Any, name: str) -> tuple[str, Any]:
+    """AddValueToFeature: the Feature kind a JSON value takes and the value."""
+    if isinstance(item, bool):
+        return "int64_list", int(item)
+    if _is_integer(item):
+        if item >= 2**63:
+            raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        return "int64_list", item
+    if isinstance(item, (int, float)):
+        return "float_list", float(item)
+    if isinstance(item, str):
+        return "bytes_list", _utf8(item)
+    if _is_b64(item):
+        return "bytes_list", _decode_b64(item)
+    raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {_json_type(item)}")
 
 
 def _example(value: Any, example: Any) -> None:
+    """MakeExampleFromJsonObject."""
     if not isinstance(value, dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {type(value).__name__}")
+        raise invalid_argument(f"Example must be JSON object but got JSON {_json_type(value)}")
     for name, content in value.items():
-        _feature(content, name, example.features.feature[name])
+        feature = example.features.feature[name]
+        feature.Clear()
+        for item in content if isinstance(content, list) else [content]:
+            kind, converted = _feature_value(item, name)
+            current = feature.WhichOneof("kind")
+            if current not in (None, kind):
+                raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: "
+                                       f"{_KINDS[current]}")
+            getattr(feature, kind).value.append(converted)
 
 
-def example_request(doc: dict, request: Any, method: str) -> None:
+def example_request(doc: dict, request: Any) -> None:
+    """FillClassifyRegressRequestFromJson (its messages say 'classify' for both methods)."""
     request.model_spec.signature_name = doc.get("signature_name", "")
     has_context = "context" in doc
     if has_context:
         _example(doc["context"], request.input.example_list_with_context.context)
     examples = doc.get("examples")
-    if examples is None:
-        raise invalid_argument(f"When method is {method}, key 'examples' is expected and was not found")
+    if "examples" not in doc:
+        raise _format_error(doc, "When method is classify, key 'examples' is expected and was not found")
     if not isinstance(examples, list):
-        raise invalid_argument("Expecting 'examples' value to be an list/array")
+        raise _format_error(doc, "Expecting 'examples' value to be an list/array")
     if not examples:
-        raise invalid_argument("'examples' value is an empty array")
+        raise _format_error(doc, "'examples' value is an empty array")
     target = request.input.example_list_with_context if has_context else request.input.example_list
     for value in examples:
         _example(value, target.examples.add())
@@ -287,13 +525,13 @@ class RestApi:
         if verb == "classify":
             request = classification_pb2.ClassificationRequest()
             spec_fill(request.model_spec)
-            example_request(doc, request, "classify")
+            example_request(doc, request)
             result = self.handlers.call("Classify", request, "REST").result
             return {"results": [[[c.label, float(str(np.float32(c.score)))] for c in row.classes]
                                 for row in result.classifications]}
         request = regression_pb2.RegressionRequest()
         spec_fill(request.model_spec)
-        example_request(doc, request, "regress")
+        example_request(doc, request)
         result = self.handlers.call("Regress", request, "REST").result
         return {"results": [float(str(np.float32(r.value))) for r in result.regressions]}
 
