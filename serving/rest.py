@@ -393,30 +393,83 @@ def predict_request(doc: dict, spec_fill: Any, handlers: Handlers) -> tuple[Any,
 
 
 # --------------------------------------------------------------------------- tensors -> JSON
-def _json_values(name: str, array: np.ndarray) -> Any:
-    if array.dtype == object:
-        as_b64 = name.endswith("_bytes")
-        flat = [({"b64": base64.b64encode(v).decode("ascii")} if as_b64 else v.decode("utf-8", "replace"))
-                if isinstance(v, bytes) else v for v in array.ravel().tolist()]
-        return np.asarray(flat, dtype=object).reshape(array.shape).tolist() if array.shape else flat[0]
-    if array.dtype == np.float32:  # shortest repr of the float32 (0.1, not 0.100000001), as TF Serving prints
-        flat = [float(v) for v in array.ravel().astype(str).tolist()]
-        return np.asarray(flat, dtype=object).reshape(array.shape).tolist() if array.shape else flat[0]
-    return array.tolist()
+_WRITTEN = {1, 2, 3, 4, 5, 6, 7, 9, 10, 22, 23}  # AddSingleValueAndAdvance's cases; others fail
 
 
-def predict_json(response: Any, fmt: str) -> dict:
-    outputs = {k: tensors.to_array(v, k, 1 << 62) for k, v in sorted(response.outputs.items())}
+def decimal_text(value: float, float32: bool = True) -> str:
+    """WriteDecimal: six significant digits when they read back as the same value, else full precision
+    (9 for float, 17 for double); `.0` on whole numbers; NaN, Infinity, -Infinity as tokens."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    text = f"{value:.6g}"
+    same = np.float32(float(text)) == np.float32(value) if float32 else float(text) == value
+    if not same:
+        text = f"{value:.9g}" if float32 else f"{value:.17g}"
+    return text if "." in text or "e" in text else text + ".0"
+
+
+def _value_texts(name: str, array: np.ndarray, dtype_code: int) -> list[str]:
+    """Each value of the tensor as TF Serving writes it; strings named `*_bytes` as {"b64": ...}."""
+    if dtype_code not in _WRITTEN and array.size:
+        raise invalid_argument(f"Failed to write JSON value for tensor type: {tensors.dtype_name(dtype_code)}")
+    flat = array.ravel().tolist()
+    if dtype_code in (1, 2):
+        return [decimal_text(v, dtype_code == 1) for v in flat]
+    if dtype_code == tensors.DT_STRING:
+        if name.endswith("_bytes"):
+            return ['{"b64": "' + base64.b64encode(v).decode("ascii") + '"}' for v in flat]
+        return [json.dumps(v.decode("utf-8", "replace")) for v in flat]
+    if dtype_code == 10:
+        return ["true" if v else "false" for v in flat]
+    return [str(int(v)) for v in flat]
+
+
+def _nested(texts: Any) -> str:
+    """AddTensorValues: the value texts nested as the tensor's shape."""
+    if not isinstance(texts, np.ndarray):
+        return texts
+    if texts.ndim == 0:
+        return texts.item()
+    if texts.ndim == 1:
+        return "[" + ", ".join(texts.tolist()) + "]"
+    return "[" + ", ".join(_nested(t) for t in texts) + "]"
+
+
+def _text_array(name: str, proto: Any) -> np.ndarray:
+    array = tensors.to_array(proto, name, 1 << 62)
+    texts = np.empty(array.size, dtype=object)
+    texts[:] = _value_texts(name, array, int(proto.dtype))
+    return texts.reshape(array.shape)
+
+
+def predict_json(response: Any, fmt: str) -> str:
+    """MakeJsonFromTensors, as JSON text (numbers written exactly as TF Serving writes them)."""
+    names = sorted(response.outputs)
+    if not names:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
     if fmt == "columnar":
-        values = {k: _json_values(k, v) for k, v in outputs.items()}
-        return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
-    batch = {v.shape[0] if v.ndim else None for v in outputs.values()}
-    if None in batch or len(batch) != 1:
-        raise invalid_argument("Tensor name: outputs have inconsistent batch size or no shape information")
-    rows = [{k: _json_values(k, v[i]) for k, v in outputs.items()} for i in range(batch.pop())]
-    if len(outputs) == 1:
-        return {"predictions": [next(iter(r.values())) for r in rows]}
-    return {"predictions": rows}
+        texts = {name: _nested(_text_array(name, response.outputs[name])) for name in names}
+        if len(names) == 1:
+            return '{"outputs": ' + texts[names[0]] + "}"
+        return '{"outputs": {' + ", ".join(f"{json.dumps(n)}: {t}" for n, t in texts.items()) + "}}"
+    batch = None
+    for name in names:
+        dims = response.outputs[name].tensor_shape.dim
+        if not dims:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if batch is not None and dims[0].size != batch:
+            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {dims[0].size} expecting: "
+                                   f"{batch}")
+        batch = dims[0].size
+    arrays = {name: _text_array(name, response.outputs[name]) for name in names}
+    if len(names) == 1:
+        rows = [_nested(row) for row in arrays[names[0]]]
+    else:
+        rows = ["{" + ", ".join(f"{json.dumps(n)}: {_nested(a[i])}" for n, a in arrays.items()) + "}"
+                for i in range(batch)]
+    return '{"predictions": [' + ", ".join(rows) + "]}"
 
 
 # --------------------------------------------------------------------------- Classify / Regress
@@ -484,7 +537,8 @@ class RestApi:
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
         try:
-            return 200, json.dumps(self._dispatch(method, path, body))
+            answer = self._dispatch(method, path, body)
+            return 200, answer if isinstance(answer, str) else json.dumps(answer)
         except ServingStatus as exc:
             return exc.http_status, json.dumps({"error": exc.message}, indent=4)
         except Exception as exc:  # noqa: BLE001
@@ -519,7 +573,8 @@ class RestApi:
             return predict_json(self.handlers.call("Predict", request, "REST"), fmt)
         return self._examples(verb.lower(), doc, spec_fill)
 
-    def _examples(self, verb: str, doc: dict, spec_fill: Any) -> dict:
+    def _examples(self, verb: str, doc: dict, spec_fill: Any) -> str:
+        """MakeJsonFromClassificationResult / MakeJsonFromRegressionResult."""
         from tensorflow_serving.apis import classification_pb2, regression_pb2
 
         if verb == "classify":
@@ -527,13 +582,18 @@ class RestApi:
             spec_fill(request.model_spec)
             example_request(doc, request)
             result = self.handlers.call("Classify", request, "REST").result
-            return {"results": [[[c.label, float(str(np.float32(c.score)))] for c in row.classes]
-                                for row in result.classifications]}
+            if not result.classifications:
+                raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+            rows = ("[" + ", ".join(f"[{json.dumps(c.label)}, {decimal_text(c.score)}]" for c in row.classes) + "]"
+                    for row in result.classifications)
+            return '{"results": [' + ", ".join(rows) + "]}"
         request = regression_pb2.RegressionRequest()
         spec_fill(request.model_spec)
         example_request(doc, request)
         result = self.handlers.call("Regress", request, "REST").result
-        return {"results": [float(str(np.float32(r.value))) for r in result.regressions]}
+        if not result.regressions:
+            raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+        return '{"results": [' + ", ".join(decimal_text(r.value) for r in result.regressions) + "]}"
 
     def _status(self, spec_fill: Any) -> dict:
         from google.protobuf import json_format

@@ -186,12 +186,16 @@ CASES = [
      ("text", '{"predictions": [1.0, 2.0, 3.0, 4.0, 5.003, 0.007, 0.0]}')),
     ("mixed-input-double", "POST", P, sig("double", '"instances": [1.0, 2, 3, 4, 0.662, 0, 0.0]'), 200,
      {"predictions": [1.0, 2.0, 3.0, 4.0, 0.662, 0.0, 0.0]}),
+    ("float-precision-loss", "POST", P, sig("float", '"instances": [1435774380, 1435774380.0]'), 200,
+     ("text", '{"predictions": [1.43577434e+09, 1.43577434e+09]}')),
     ("float-beyond-max-is-inf", "POST", P,
      sig("float", '"instances": [1.7976931348623157e308, -1.7976931348623157e308]'), 200,
      ("text", '{"predictions": [Infinity, -Infinity]}')),
     ("float-below-min-is-zero", "POST", P,
      sig("float", '"instances": [2.2250738585072014e-308, -2.2250738585072014e-308]'), 200,
      ("text", '{"predictions": [0.0, -0.0]}')),
+    ("b64-scalars", "POST", P, sig("string", '"instances": [ { "b64" : "aGVsbG8=" }, { "b64": "d29ybGQ=" } ]'),
+     200, {"predictions": ["hello", "world"]}),
     ("b64-lists", "POST", P, sig("string", '"instances": [ [{ "b64" : "aGVsbG8=" }], [{ "b64": "d29ybGQ=" }] ]'),
      200, {"predictions": [["hello"], ["world"]]}),
     ("b64-named", "POST", P,
@@ -307,11 +311,26 @@ CASES = [
                       {"str_tensor": ["tf", "serving"], "str_tensor_bytes": [{"b64": "dGY="}, {"b64": "c2VydmluZw=="}]}]}),
     ("bytes-outputs-columnar", "POST", P, sig("bytes", '"inputs": ["hello"]'), 200,
      {"outputs": {"str_tensor": ["hello"], "str_tensor_bytes": [{"b64": "aGVsbG8="}]}}),
+    ("six-digit-precision", "POST", P,
+     sig("float", '"instances": [[9000000, 999999, 0.5], [0.0003, 0.00003, 555557.5]]'), 200,
+     ("text", '{"predictions": [[9e+06, 999999.0, 0.5], [0.0003, 3e-05, 555557.5]]}')),
+    ("float-full-precision", "POST", P, sig("float", '"inputs": [0.1, 0.333333333]'), 200,
+     ("text", '{"outputs": [0.1, 0.333333343]}')),
+    ("double-precision", "POST", P, sig("double", '"inputs": [0.1, 0.333333333333333333]'), 200,
+     ("text", '{"outputs": [0.1, 0.33333333333333331]}')),
     ("non-finite", "POST", P, sig("float", '"instances": [[NaN, Infinity], [3, -Infinity]]'), 200,
      ("text", '{"predictions": [[NaN, Infinity], [3.0, -Infinity]]}')),
+    ("no-shape-information", "POST", P, sig("scalar", '"instances": [1.0, 2.0]'), 400,
+     ("error", "Tensor name: y has no shape information")),
     ("scalar-columnar", "POST", P, sig("scalar", '"inputs": [1.0, 2.0]'), 200, ("text", '{"outputs": 3.0}')),
+    ("inconsistent-batch-size", "POST", P, sig("batch_mismatch", '"instances": [1.0, 2.0]'), 400,
+     ("error", "Tensor name: b has inconsistent batch size: 4 expecting: 2")),
     ("inconsistent-batch-columnar", "POST", P, sig("batch_mismatch", '"inputs": [1.0, 2.0]'), 200,
      {"outputs": {"a": [1.0, 2.0], "b": [1.0, 2.0, 1.0, 2.0]}}),
+    ("complex-output", "POST", P, sig("complex", '"inputs": [1.0]'), 400,
+     ("error", "Failed to write JSON value for tensor type: complex64")),
+    ("half-output", "POST", P, sig("half", '"inputs": [1.0]'), 400,
+     ("error", "Failed to write JSON value for tensor type: half")),
     # ---- json_tensor_test.cc ClassifyRegressRequestTest JsonErrors
     ("examples-signature-list", "POST", D + ":regress",
      '{"signature_name": [ "hello" ], "examples": [ { "names": [ "foo", "bar" ] } ]}', 400,
@@ -353,3 +372,10 @@ def test_rest_answers_as_tf_serving(rest, method, path, body, status, expected):
         assert text == ""
     else:
         assert _json(text) == expected
+
+
+def test_non_utf8_string_reaches_the_model_as_sent(rest):
+    """rapidjson does not validate UTF-8: the bytes inside a JSON string are the tensor's bytes."""
+    body = b'{"signature_name": "bytes", "instances": ["\xff\xfe"]}'
+    status, text = _call("POST", rest + P, body)
+    assert status == 200 and _json(text)["predictions"][0]["str_tensor_bytes"] == {"b64": "//4="}
