@@ -528,6 +528,10 @@ def example_request(doc: dict, request: Any) -> None:
 
 
 # --------------------------------------------------------------------------- dispatch
+class _ModelInfoError(ServingStatus):
+    """An error of the URL's model part (a version beyond int64), answered with an empty body as TF Serving does."""
+
+
 class RestApi:
     """Maps one HTTP request (method, path, body) to (status code, JSON text) through the handlers."""
 
@@ -536,9 +540,12 @@ class RestApi:
         self.prometheus_path = prometheus_path
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
+        """`path` as sent (percent-encoded): the model name and label are decoded after the route matched."""
         try:
             answer = self._dispatch(method, path, body)
             return 200, answer if isinstance(answer, str) else json.dumps(answer)
+        except _ModelInfoError as exc:  # ParseModelInfo's errors return before any JSON body is written
+            return exc.http_status, ""
         except ServingStatus as exc:
             return exc.http_status, json.dumps({"error": exc.message}, indent=4)
         except Exception as exc:  # noqa: BLE001
@@ -547,31 +554,31 @@ class RestApi:
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
         match = PREDICT_PATH.fullmatch(path) if method == "POST" else (
             STATUS_PATH.fullmatch(path) if method == "GET" else None)
-        if match is None:
-            raise invalid_argument(f"Malformed request: {method} {path}")
-        name, version, label, verb = match.groups()
+        name, version, label, verb = match.groups() if match else (None, None, None, None)
         name = unquote(name) if name else ""
         label = unquote(label) if label else None
+        if version is not None and int(version) >= 2**63:
+            raise _ModelInfoError("INVALID_ARGUMENT", f"Failed to convert version: {version} to numeric.")
+        # The route is matched case-insensitively, the verb is not (http_rest_api_handler.cc ProcessRequest).
+        if match is None or (method == "POST" and verb not in ("classify", "regress", "predict")):
+            raise invalid_argument(f"Malformed request: {method} {path}")
 
         def spec_fill(spec: Any) -> None:
             spec.name = name
             if version is not None:
-                try:
-                    spec.version.value = int(version)
-                except ValueError as exc:
-                    raise invalid_argument(f"Failed to convert version: {version} to numeric.") from exc
+                spec.version.value = int(version)
             elif label is not None:
                 spec.version_label = label
 
         if method == "GET":
             if not name:
                 raise invalid_argument("Missing model name in request.")
-            return self._metadata(spec_fill) if verb else self._status(spec_fill)
+            return self._metadata(spec_fill) if verb == "metadata" else self._status(spec_fill)
         doc = parse_body(body)
-        if verb.lower() == "predict":
+        if verb == "predict":
             request, fmt = predict_request(doc, spec_fill, self.handlers)
             return predict_json(self.handlers.call("Predict", request, "REST"), fmt)
-        return self._examples(verb.lower(), doc, spec_fill)
+        return self._examples(verb, doc, spec_fill)
 
     def _examples(self, verb: str, doc: dict, spec_fill: Any) -> str:
         """MakeJsonFromClassificationResult / MakeJsonFromRegressionResult."""
@@ -632,12 +639,17 @@ def build_app(api: RestApi, num_threads: int, timeout_ms: int, max_body_bytes: i
     limiter = anyio.CapacityLimiter(max(1, num_threads))
 
     async def endpoint(request: Request) -> Response:
-        path = request.url.path
+        # The path as sent: TF Serving matches its routes before percent-decoding the model name and label.
+        raw_path = request.scope.get("raw_path")
+        path = raw_path.decode("utf-8", "replace") if raw_path else request.url.path
         if api.prometheus_path and path == api.prometheus_path:
             text = api.handlers.metrics.render()
             return Response(text, media_type="text/plain; version=0.0.4")
         if not API_PATH.fullmatch(path):
             return Response("Not Found", status_code=404, media_type="text/plain")
+        if request.method == "OPTIONS":  # a CORS preflight (http_server.cc): no body either way
+            origin = request.headers.get("origin", "")
+            return Response(b"", status_code=200 if re.search("https?://", origin) else 400)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk

@@ -123,17 +123,31 @@ CASES = [
     ("get-version-singular", "GET", "/v1/models/foo/version/50:predict", None, 400, ("error", "Malformed request")),
     ("post-version-singular", "POST", "/v1/models/foo/version/50:regress", None, 400, ("error", "Malformed")),
     ("post-version-hello", "POST", "/v1/models/foo/versions/HELLO:regress", None, 400, ("error", "Malformed")),
+    # ParseModelInfo fails before the handler writes a JSON body: TF Serving answers 400 with no body
+    ("post-version-uint64-max", "POST", "/v1/models/foo/versions/18446744073709551615:regress", None, 400,
+     ("empty",)),
+    ("get-version-uint64-max", "GET", "/v1/models/foo/versions/18446744073709551615", None, 400, ("empty",)),
     ("post-metadata", "POST", "/v1/models/foo/metadata", None, 400, ("error", "Malformed request")),
     ("post-label-singular", "POST", "/v1/models/foo/label/some_label:regress", None, 400, ("error", "Malformed")),
     ("post-version-and-label", "POST", "/v1/models/foo/versions/50/labels/some_label:regress", None, 400,
      ("error", "Malformed request")),
     ("post-versions-label", "POST", "/v1/models/foo/versions/some_label:regress", None, 400,
      ("error", "Malformed request")),
+    # the route is case-insensitive, the verb and the subresource are compared as written
+    ("post-verb-upper-case", "POST", "/v1/models/echo:PREDICT", sig("float", '"instances": [1]'), 400,
+     ("error", "Malformed request: POST /v1/models/echo:PREDICT")),
+    ("get-metadata-upper-case-is-status", "GET", "/v1/models/default/METADATA", None, 200,
+     {"model_version_status": [{"version": "123", "state": "AVAILABLE",
+                                "status": {"error_code": "OK", "error_message": ""}}]}),
     ("put", "PUT", D, "{}", 400, ("error", "Malformed request: PUT /v1/models/default")),
     ("delete", "DELETE", D, None, 400, ("error", "Malformed request: DELETE /v1/models/default")),
     # model name and label are percent-decoded once, after the route matched the path as sent
+    ("name-encoded-slash", "POST", "/v1/models/a%2Fb:predict", '{"instances": [1]}', 404,
+     ("error", "Servable not found for request: Latest(a/b)")),
     ("label-encoded", "POST", D + "/labels/Version%5FLabel:predict", '{"instances": [[1.0]]}', 200,
      {"predictions": [[2.5]]}),
+    ("label-decoded-once", "POST", D + "/labels/Version%255FLabel:predict", '{"instances": [[1.0]]}', 400,
+     ("error", "Unrecognized servable version label: Version%5FLabel")),
     # ---- PredictModelNameVersionErrors
     ("unknown-model", "POST", "/v1/models/foo:predict", '{ "instances": [1] }', 404, ("error", "Latest(foo)")),
     ("unknown-model-version", "POST", "/v1/models/foo/versions/50:predict", '{ "instances": [1] }', 404,
@@ -355,6 +369,8 @@ CASES = [
      ("error", "When method is classify, key 'examples' is expected and was not found")),
     ("regress-empty-examples", "POST", D + ":regress", '{"examples": []}', 400,
      ("error", "'examples' value is an empty array")),
+    # ---- http_server.cc: a CORS preflight is answered without a body
+    ("options-no-origin", "OPTIONS", D, None, 400, ("empty",)),
 ]
 
 
@@ -372,6 +388,10 @@ def test_rest_answers_as_tf_serving(rest, method, path, body, status, expected):
         assert text == ""
     else:
         assert _json(text) == expected
+
+
+def test_cors_preflight_with_origin_is_ok(rest):
+    assert _call("OPTIONS", rest + D, headers={"Origin": "http://example.com"}) == (200, "")
 
 
 def test_non_utf8_string_reaches_the_model_as_sent(rest):
