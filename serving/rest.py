@@ -326,6 +326,76 @@ def _innermost(text: str, pos: int) -> str:
     return stack[-1] if stack else "["
 
 
+_JSON_TOKEN = re.compile(r'[ \t\n\r]*(?:([\[\]{}:,])|("(?:[^"\\]|\\.)*")|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?'
+                         r'(?:[eE][+-]?[0-9]+)?)|(true|false|null|NaN|Infinity|-Infinity))', re.DOTALL)
+_JSON_WORDS = {"true": True, "false": False, "null": None, "NaN": math.nan, "Infinity": math.inf,
+               "-Infinity": -math.inf}
+
+
+def _parse_without_recursion(text: str, pos: int) -> Any:
+    """The document read with an explicit stack: rapidjson parses iteratively (kParseIterativeFlag), so
+    TF Serving takes nesting deeper than Python's json recurses (json_tensor_test.cc DeeplyNested*)."""
+    stack: list[list] = []  # [container, key of the pending member]
+    state = "value"  # what may come next: value, first (value or ']'), key, firstkey (key or '}'), colon, next
+
+    def fail(reason: str) -> ServingStatus:
+        offset = len(text[:at].encode("utf-8", "surrogateescape"))
+        return invalid_argument(f"JSON Parse error: {reason} at offset: {offset}")
+
+    while True:
+        match = _JSON_TOKEN.match(text, pos)
+        at = len(text) - len(text[pos:].lstrip(" \t\n\r")) if match is None else match.end() - len(
+            match.group(0).lstrip(" \t\n\r"))
+        if match is None:
+            raise fail("Invalid value.")
+        punct, string, number, word = match.groups()
+        pos = match.end()
+        value, closed = None, False
+        if state in ("key", "firstkey"):
+            if string is not None:
+                stack[-1][1], state = json.loads(string), "colon"
+                continue
+            if punct != "}" or state == "key":
+                raise fail("Missing a name for object member.")
+            closed = True
+        elif state == "colon":
+            if punct != ":":
+                raise fail("Missing a colon after a name of object member.")
+            state = "value"
+            continue
+        elif state == "next":
+            is_object = isinstance(stack[-1][0], dict)
+            if punct == ",":
+                state = "key" if is_object else "value"
+                continue
+            if punct != ("}" if is_object else "]"):
+                raise fail("Missing a comma or '}' after an object member." if is_object
+                           else "Missing a comma or ']' after an array element.")
+            closed = True
+        elif punct == "]" and state == "first":
+            closed = True
+        elif punct in ("[", "{"):
+            stack.append([[] if punct == "[" else {}, None])
+            state = "first" if punct == "[" else "firstkey"
+            continue
+        elif string is not None or number is not None:
+            value = json.loads(string if string is not None else number)
+        elif word is not None:
+            value = _JSON_WORDS[word]
+        else:
+            raise fail("Invalid value.")
+        if closed:
+            value = stack.pop()[0]
+        if not stack:
+            return value
+        container, key = stack[-1]
+        if isinstance(container, dict):
+            container[key] = value
+        else:
+            container.append(value)
+        state = "next"
+
+
 def parse_json(body: bytes) -> Any:
     """ParseJson: rapidjson with NaN/Infinity tokens, stopping after the first value (trailing bytes ignored);
     the top level must be an object. Strings keep the bytes sent (UTF-8 is not validated)."""
@@ -337,6 +407,8 @@ def parse_json(body: bytes) -> Any:
         raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
         doc, _ = json.JSONDecoder().raw_decode(text, start)
+    except RecursionError:
+        doc = _parse_without_recursion(text, start)
     except json.JSONDecodeError as exc:
         if exc.msg == "Expecting ',' delimiter":
             reason = ("Missing a comma or '}' after an object member." if _innermost(text, exc.pos) == "{"

@@ -102,6 +102,7 @@ def _json(text: str):
 
 P = "/v1/models/echo:predict"
 D = "/v1/models/default"
+DEEP = "[" * 500000 + "]" * 500000  # json_tensor_test.cc DeeplyNested*: deeper than Python's json recurses
 NAMED_4 = ('{"int_tensor": [[1,2],[3,4],[5,6]], "str_tensor": ["foo", "bar"], "float_tensor": [1.0], '
            '"dbl_tensor": [1.0]}')
 
@@ -196,6 +197,10 @@ CASES = [
      {"predictions": [[1, 2], [3, 4], [5, 6]]}),
     ("non-null-terminated", "POST", P, sig("int32", '"instances": [[1,2],[3,4],[5,6]]') + "X", 200,
      {"predictions": [[1, 2], [3, 4], [5, 6]]}),
+    ("deeply-nested-well-formed", "POST", P, sig("int32", '"instances": [1], "nested": ' + DEEP), 200,
+     {"predictions": [1]}),
+    ("deeply-nested-malformed", "POST", P, '{"signature_name": ' + DEEP + "}", 400,
+     ("error", "key must be a string value")),
     ("mixed-input-float", "POST", P, sig("float", '"instances": [1, 2.0, 3, 4, 5.003, 0.007, 0.0]'), 200,
      ("text", '{"predictions": [1.0, 2.0, 3.0, 4.0, 5.003, 0.007, 0.0]}')),
     ("mixed-input-double", "POST", P, sig("double", '"instances": [1.0, 2, 3, 4, 0.662, 0, 0.0]'), 200,
