@@ -327,9 +327,10 @@ def _innermost(text: str, pos: int) -> str:
 
 
 _JSON_TOKEN = re.compile(r'[ \t\n\r]*(?:([\[\]{}:,])|("(?:[^"\\]|\\.)*")|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?'
-                         r'(?:[eE][+-]?[0-9]+)?)|(true|false|null|NaN|Infinity|-Infinity))', re.DOTALL)
-_JSON_WORDS = {"true": True, "false": False, "null": None, "NaN": math.nan, "Infinity": math.inf,
-               "-Infinity": -math.inf}
+                         r'(?:[eE][+-]?[0-9]+)?)|(true|false|null|-?NaN|-?Inf(?:inity)?))', re.DOTALL)
+_JSON_WORDS = {"true": True, "false": False, "null": None}
+# rapidjson's kParseNanAndInfFlag also takes Inf, -Inf and -NaN, which Python's json does not
+_RAPIDJSON_ONLY_TOKEN = re.compile(r"-?(?:Inf|NaN)")
 
 
 def _parse_without_recursion(text: str, pos: int) -> Any:
@@ -381,7 +382,7 @@ def _parse_without_recursion(text: str, pos: int) -> Any:
         elif string is not None or number is not None:
             value = json.loads(string if string is not None else number)
         elif word is not None:
-            value = _JSON_WORDS[word]
+            value = _JSON_WORDS[word] if word in _JSON_WORDS else float(word.replace("Infinity", "Inf"))
         else:
             raise fail("Invalid value.")
         if closed:
@@ -410,6 +411,8 @@ def parse_json(body: bytes) -> Any:
     except RecursionError:
         doc = _parse_without_recursion(text, start)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Expecting value" and _RAPIDJSON_ONLY_TOKEN.match(text, exc.pos):
+            return _object(_parse_without_recursion(text, start))
         if exc.msg == "Expecting ',' delimiter":
             reason = ("Missing a comma or '}' after an object member." if _innermost(text, exc.pos) == "{"
                       else "Missing a comma or ']' after an array element.")
@@ -417,6 +420,10 @@ def parse_json(body: bytes) -> Any:
             reason = _PARSE_ERRORS.get(exc.msg, exc.msg)
         offset = len(text[:exc.pos].encode("utf-8", "surrogateescape"))
         raise invalid_argument(f"JSON Parse error: {reason} at offset: {offset}") from exc
+    return _object(doc)
+
+
+def _object(doc: Any) -> dict:
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc

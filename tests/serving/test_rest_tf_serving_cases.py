@@ -201,6 +201,8 @@ CASES = [
      {"predictions": [1]}),
     ("deeply-nested-malformed", "POST", P, '{"signature_name": ' + DEEP + "}", 400,
      ("error", "key must be a string value")),
+    ("nan-inf-tokens", "POST", P, sig("float", '"inputs": [NaN, Infinity, -Infinity, Inf, -Inf, -NaN]'), 200,
+     ("text", '{"outputs": [NaN, Infinity, -Infinity, Infinity, -Infinity, NaN]}')),
     ("mixed-input-float", "POST", P, sig("float", '"instances": [1, 2.0, 3, 4, 5.003, 0.007, 0.0]'), 200,
      ("text", '{"predictions": [1.0, 2.0, 3.0, 4.0, 5.003, 0.007, 0.0]}')),
     ("mixed-input-double", "POST", P, sig("double", '"instances": [1.0, 2, 3, 4, 0.662, 0, 0.0]'), 200,
