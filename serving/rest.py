@@ -391,10 +391,21 @@ def _parse_without_recursion(text: str, pos: int) -> Any:
             return value
         container, key = stack[-1]
         if isinstance(container, dict):
-            container[key] = value
+            container.setdefault(key, value)
         else:
             container.append(value)
         state = "next"
+
+
+def _first_member_wins(pairs: list[tuple[str, Any]]) -> dict:
+    """rapidjson's FindMember returns the first member of a name; Python's json keeps the last."""
+    members: dict = {}
+    for key, value in pairs:
+        members.setdefault(key, value)
+    return members
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_first_member_wins)
 
 
 def parse_json(body: bytes) -> Any:
@@ -407,7 +418,7 @@ def parse_json(body: bytes) -> Any:
     if start == len(text):
         raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
-        doc, _ = json.JSONDecoder().raw_decode(text, start)
+        doc, _ = _DECODER.raw_decode(text, start)
     except RecursionError:
         doc = _parse_without_recursion(text, start)
     except json.JSONDecodeError as exc:

@@ -52,6 +52,7 @@ signatures["scalar"] = echo(spec(tf.float32, "x"), outputs=lambda x: {"y": tf.re
 signatures["batch_mismatch"] = echo(spec(tf.float32, "x"), outputs=lambda x: {
     "a": tf.identity(x), "b": tf.concat([x, x], 0)})
 signatures["complex"] = echo(spec(tf.float32, "x"), outputs=lambda x: {"c": tf.complex(x, x)})
+signatures["noinputs"] = tf.function(lambda: {"y": tf.constant([1.0])}, input_signature=[]).get_concrete_function()
 signatures["half"] = echo(spec(tf.float32, "x"), outputs=lambda x: {"h": tf.cast(x, tf.float16)})
 tf.saved_model.save(tf.Module(), sys.argv[1], signatures=signatures)
 """
@@ -314,6 +315,10 @@ CASES = [
     ("instances-empty", "POST", P, sig("float", '"instances": []'), 400, ("error", "} No values in 'instances' array")),
     ("unknown-signature", "POST", P, sig("nope", '"instances": [1]'), 400,
      ("error", 'Serving signature name: "nope" not found in signature def')),
+    ("signature-without-inputs", "POST", P, sig("noinputs", '"instances": [1]'), 400,
+     ("error", "Failed to get input map for signature: noinputs")),
+    ("duplicate-key-first-wins", "POST", P, '{"signature_name": "float", "inputs": [1.5], "inputs": ["x"], '
+     '"signature_name": "nope"}', 200, {"outputs": [1.5]}),
     ("no-instances-no-inputs", "POST", P, sig("float", '"x": 1'), 400, ("error", "Missing 'inputs' or 'instances' key")),
     ("top-level-array", "POST", P, "[1,2]", 400, ("text", '{\n    "error": "JSON Value: [1, 2] Is not object"\n}')),
     ("plain-instances-many-inputs", "POST", P, sig("multi", '"instances": [1]'), 400,
