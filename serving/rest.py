@@ -136,13 +136,19 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
+_BASE64_DATA = re.compile(r"[A-Za-z0-9+/]*")
+
+
 def _decode_b64(value: Any) -> bytes:
     if not _is_b64(value):
         raise invalid_argument(f"JSON Value: {debug_string(value)} not formatted correctly for base64 data")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except Exception as exc:  # noqa: BLE001 - binascii.Error
-        raise invalid_argument("Unable to base64 decode") from exc
+    # absl::Base64Unescape: ASCII whitespace anywhere is skipped; the padding ('=' or '.') is all there or absent
+    compact = re.sub(r"[ \t\n\v\f\r]", "", value["b64"])
+    data = compact.rstrip("=.")
+    missing = -len(data) % 4
+    if not _BASE64_DATA.fullmatch(data) or len(data) % 4 == 1 or len(compact) - len(data) not in (0, missing):
+        raise invalid_argument("Unable to base64 decode")
+    return base64.b64decode(data + "=" * missing)
 
 
 def _utf8(value: str) -> bytes:
