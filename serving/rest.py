@@ -206,8 +206,24 @@ def _fill(value: Any, level: int, dims: list[int], dtype_code: int, out: list) -
     if len(value) != dims[level]:
         raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: {level} expected "
                                f"size: {dims[level]}")
+    if level + 1 == len(dims) and _plain_leaves(value, dtype_code):
+        out.extend(value)
+        return
     for item in value:
         _fill(item, level + 1, dims, dtype_code, out)
+
+
+def _plain_leaves(values: list, dtype_code: int) -> bool:
+    """Whether every value of an innermost list passes AddValueToTensor as it is (checked in one pass:
+    the common case of a numeric tensor skips the per-value calls)."""
+    if dtype_code in (1, 2):
+        return all(type(v) is float or type(v) is int for v in values)
+    if dtype_code == 10:
+        return all(type(v) is bool for v in values)
+    if dtype_code in _INT_RANGES:
+        low, high = _INT_RANGES[dtype_code]
+        return all(type(v) is int for v in values) and (not values or low <= min(values) and max(values) <= high)
+    return False
 
 
 def _array(values: list, dims: list[int], dtype_code: int) -> np.ndarray:
@@ -218,7 +234,7 @@ def _array(values: list, dims: list[int], dtype_code: int) -> np.ndarray:
         array[:] = values
     elif dtype_code in (1, 2):
         with np.errstate(over="ignore"):  # a double beyond float's range is +-inf, as GetFloat() gives
-            array = np.asarray([float(v) for v in values], dtype=np.float64).astype(dtype)
+            array = np.asarray(values, dtype=np.float64).astype(dtype)
     elif dtype_code == 23:
         array = np.asarray(values, dtype=np.uint64)
     else:
@@ -495,24 +511,34 @@ _WRITTEN = {1, 2, 3, 4, 5, 6, 7, 9, 10, 22, 23}  # AddSingleValueAndAdvance's ca
 def decimal_text(value: float, float32: bool = True) -> str:
     """WriteDecimal: six significant digits when they read back as the same value, else full precision
     (9 for float, 17 for double); `.0` on whole numbers; NaN, Infinity, -Infinity as tokens."""
-    if value != value:
-        return "NaN"
-    if value in (math.inf, -math.inf):
-        return "Infinity" if value > 0 else "-Infinity"
-    text = f"{value:.6g}"
-    same = np.float32(float(text)) == np.float32(value) if float32 else float(text) == value
-    if not same:
-        text = f"{value:.9g}" if float32 else f"{value:.17g}"
-    return text if "." in text or "e" in text else text + ".0"
+    return _decimal_texts(np.asarray([value], dtype=np.float32 if float32 else np.float64))[0]
+
+
+def _decimal_texts(values: np.ndarray) -> list[str]:
+    """decimal_text for every value of a float or double array, the read-back test done on the whole array."""
+    flat = values.ravel()
+    numbers = flat.tolist()
+    texts = [f"{v:.6g}" for v in numbers]
+    finite = np.isfinite(flat)
+    with np.errstate(over="ignore", invalid="ignore"):
+        same = np.asarray(texts, dtype=np.float64).astype(flat.dtype) == flat
+    digits = 9 if flat.dtype == np.float32 else 17
+    for i in np.flatnonzero(finite & ~same).tolist():
+        texts[i] = f"{numbers[i]:.{digits}g}"
+    texts = [t if "." in t or "e" in t else t + ".0" for t in texts]
+    for i in np.flatnonzero(~finite).tolist():
+        v = numbers[i]
+        texts[i] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    return texts
 
 
 def _value_texts(name: str, array: np.ndarray, dtype_code: int) -> list[str]:
     """Each value of the tensor as TF Serving writes it; strings named `*_bytes` as {"b64": ...}."""
     if dtype_code not in _WRITTEN and array.size:
         raise invalid_argument(f"Failed to write JSON value for tensor type: {tensors.dtype_name(dtype_code)}")
-    flat = array.ravel().tolist()
     if dtype_code in (1, 2):
-        return [decimal_text(v, dtype_code == 1) for v in flat]
+        return _decimal_texts(array)
+    flat = array.ravel().tolist()
     if dtype_code == tensors.DT_STRING:
         if name.endswith("_bytes"):
             return ['{"b64": "' + base64.b64encode(v).decode("ascii") + '"}' for v in flat]
