@@ -654,6 +654,13 @@ class _ModelInfoError(ServingStatus):
     """An error of the URL's model part (a version beyond int64), answered with an empty body as TF Serving does."""
 
 
+def _url_model_name(method: str, path: str) -> str:
+    """The model name ParseModelInfo captures ("" when the route does not match), for the request count."""
+    match = PREDICT_PATH.fullmatch(path) if method == "POST" else (
+        STATUS_PATH.fullmatch(path) if method == "GET" else None)
+    return unquote(match.group(1)) if match and match.group(1) else ""
+
+
 class RestApi:
     """Maps one HTTP request (method, path, body) to (status code, JSON text) through the handlers."""
 
@@ -661,16 +668,26 @@ class RestApi:
         self.handlers = handlers
         self.prometheus_path = prometheus_path
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
-        """`path` as sent (percent-encoded): the model name and label are decoded after the route matched."""
+    def handle(self, method: str, path: str, body: bytes, origin: str = "") -> tuple[int, str]:
+        """`path` as sent (percent-encoded): the model name and label are decoded after the route matched.
+        OPTIONS is a CORS preflight (http_server.cc): OK with an http(s) `origin`, else FAILED_PRECONDITION,
+        no body either way."""
+        if method == "OPTIONS":
+            ok = re.search("https?://", origin) is not None
+            self.handlers.metrics.request("", "", "REST", "OK" if ok else "FAILED_PRECONDITION", 0.0)
+            return (200 if ok else 400), ""
         try:
             answer = self._dispatch(method, path, body)
             return 200, answer if isinstance(answer, str) else json.dumps(answer)
-        except _ModelInfoError as exc:  # ParseModelInfo's errors return before any JSON body is written
-            return exc.http_status, ""
         except ServingStatus as exc:
+            if not getattr(exc, "metered", False):  # http_server.cc counts every request by its status
+                self.handlers.metrics.request(_url_model_name(method, path), "", "REST", exc.code_name, 0.0)
+            if isinstance(exc, _ModelInfoError):  # ParseModelInfo's errors return before any JSON is written
+                return exc.http_status, ""
             return exc.http_status, json.dumps({"error": exc.message}, indent=4)
         except Exception as exc:  # noqa: BLE001
+            if not getattr(exc, "metered", False):
+                self.handlers.metrics.request(_url_model_name(method, path), "", "REST", "INTERNAL", 0.0)
             return 500, json.dumps({"error": f"{type(exc).__name__}: {exc}"})
 
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
@@ -699,8 +716,16 @@ class RestApi:
         doc = parse_body(body)
         if verb == "predict":
             request, fmt = predict_request(doc, spec_fill, self.handlers)
-            return predict_json(self.handlers.call("Predict", request, "REST"), fmt)
+            return predict_json(self._call("Predict", request), fmt)
         return self._examples(verb, doc, spec_fill)
+
+    def _call(self, api: str, request: Any) -> Any:
+        """The handler call, which meters the request (an error is marked so that it is not counted twice)."""
+        try:
+            return self.handlers.call(api, request, "REST")
+        except Exception as exc:
+            exc.metered = True
+            raise
 
     def _examples(self, verb: str, doc: dict, spec_fill: Any) -> str:
         """MakeJsonFromClassificationResult / MakeJsonFromRegressionResult."""
@@ -710,7 +735,7 @@ class RestApi:
             request = classification_pb2.ClassificationRequest()
             spec_fill(request.model_spec)
             example_request(doc, request)
-            result = self.handlers.call("Classify", request, "REST").result
+            result = self._call("Classify", request).result
             if not result.classifications:
                 raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
             rows = ("[" + ", ".join(f"[{json.dumps(c.label)}, {decimal_text(c.score)}]" for c in row.classes) + "]"
@@ -719,7 +744,7 @@ class RestApi:
         request = regression_pb2.RegressionRequest()
         spec_fill(request.model_spec)
         example_request(doc, request)
-        result = self.handlers.call("Regress", request, "REST").result
+        result = self._call("Regress", request).result
         if not result.regressions:
             raise invalid_argument("Cannot convert empty RegressionResults to JSON")
         return '{"results": [' + ", ".join(decimal_text(r.value) for r in result.regressions) + "]}"
@@ -730,7 +755,7 @@ class RestApi:
 
         request = get_model_status_pb2.GetModelStatusRequest()
         spec_fill(request.model_spec)
-        response = self.handlers.call("GetModelStatus", request, "REST")
+        response = self._call("GetModelStatus", request)
         return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
     def _metadata(self, spec_fill: Any) -> dict:
@@ -740,7 +765,7 @@ class RestApi:
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         spec_fill(request.model_spec)
         request.metadata_field.append("signature_def")
-        response = self.handlers.call("GetModelMetadata", request, "REST")
+        response = self._call("GetModelMetadata", request)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
         options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
@@ -769,9 +794,9 @@ def build_app(api: RestApi, num_threads: int, timeout_ms: int, max_body_bytes: i
             return Response(text, media_type="text/plain; version=0.0.4")
         if not API_PATH.fullmatch(path):
             return Response("Not Found", status_code=404, media_type="text/plain")
-        if request.method == "OPTIONS":  # a CORS preflight (http_server.cc): no body either way
-            origin = request.headers.get("origin", "")
-            return Response(b"", status_code=200 if re.search("https?://", origin) else 400)
+        if request.method == "OPTIONS":
+            status, _ = api.handle("OPTIONS", path, b"", origin=request.headers.get("origin", ""))
+            return Response(b"", status_code=status)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk

@@ -75,7 +75,8 @@ def rest(tmp_path_factory) -> str:
     rest_port = free_port(taken=[port])
     code = "import sys; from components.cli import main; sys.exit(main(sys.argv[1:]))"
     argv = [sys.executable, "-c", code, "serve", f"--port={port}", f"--rest_api_port={rest_port}",
-            f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models"]
+            f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models",
+            f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}"]
     base = f"http://127.0.0.1:{rest_port}"
     server = ManagedProcess("retina serve", argv, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             log_file=tmp / "server.log", cwd=ROOT)
@@ -416,3 +417,28 @@ def test_non_utf8_string_reaches_the_model_as_sent(rest):
     body = b'{"signature_name": "bytes", "instances": ["\xff\xfe"]}'
     status, text = _call("POST", rest + P, body)
     assert status == 200 and _json(text)["predictions"][0]["str_tensor_bytes"] == {"b64": "//4="}
+
+
+def _request_counts(rest: str) -> dict[str, float]:
+    page = _call("GET", rest + "/monitoring/prometheus/metrics")[1]
+    prefix = ":tensorflow:serving:request_count"
+    return {line[len(prefix):].rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in page.splitlines() if line.startswith(prefix + "{")}
+
+
+def test_every_rest_request_is_counted_by_its_status(rest):
+    """http_server.cc RecordModelRequestCount: every REST request, by the model name of its URL ("" when
+    the route does not match) and the status it was answered with, also when it fails before the model."""
+    before = _request_counts(rest)
+    for method, path, body in [("POST", D + ":predict", "instances = [1, 2]"),
+                               ("POST", D + ":predict", '{"instances": ["x"]}'),
+                               ("GET", "/v1/models/default/versions/18446744073709551615", None),
+                               ("GET", "/v1/foo", None), ("OPTIONS", D, None),
+                               ("POST", D + ":predict", '{"instances": [[1.0]]}')]:
+        _call(method, rest + path, body)
+    after = _request_counts(rest)
+    grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert grown == {'{model_name="default",status="INVALID_ARGUMENT"}': 3,
+                     '{model_name="",status="INVALID_ARGUMENT"}': 1,
+                     '{model_name="",status="FAILED_PRECONDITION"}': 1,
+                     '{model_name="default",status="OK"}': 1}
