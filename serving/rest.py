@@ -9,8 +9,15 @@ Routes, formats and errors follow `http_rest_api_util.cc`, `http_rest_api_handle
   whose name ends in `_bytes` come back as `{"b64": ...}`;
 - `:classify` / `:regress` with `{"examples": [...], "context": {...}}` -> `{"results": ...}`;
 - every error is `{"error": "<message>"}` with TF Serving's HTTP code for the status (404 NOT_FOUND,
-  400 INVALID_ARGUMENT / FAILED_PRECONDITION, 503 UNAVAILABLE, 429 RESOURCE_EXHAUSTED, 504 deadline);
+  400 INVALID_ARGUMENT / FAILED_PRECONDITION, 503 UNAVAILABLE, 429 RESOURCE_EXHAUSTED, 504 deadline),
+  except where TF Serving writes no body (a version beyond int64, an OPTIONS preflight);
 - the Prometheus page at the path the monitoring config names.
+
+JSON is read as rapidjson reads it in TF Serving (NaN/Inf tokens, bytes after the document ignored, the
+first of duplicate members, any nesting depth, UTF-8 not validated), every value checked against the
+signature's dtype as `AddValueToTensor` checks it, and errors quote the JSON as TF Serving quotes it.
+Floats are written as `WriteDecimal` writes them (six digits when they read back, else 9 / 17).
+`tests/serving/test_rest_tf_serving_cases.py` holds the cases, one per TF Serving test case.
 
 A request runs on a worker thread; at most `--rest_api_num_threads` run at once, and one that takes
 longer than `--rest_api_timeout_in_ms` is answered 504 (the model call finishes in the background).
@@ -63,13 +70,17 @@ def _json_type(value: Any) -> str:
     return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
 
 
+class _WriterRefused(Exception):
+    """A value rapidjson's Writer does not write (NaN, Infinity): Accept() stops at it."""
+
+
 def _number_text(value: Any) -> str:
     """A number as rapidjson's Writer prints it: integers as they are, doubles shortest with `.0`/`e`."""
     if _is_integer(value):
         return str(value)
     number = float(value)
     if number != number or number in (math.inf, -math.inf):
-        return ""  # rapidjson's Writer refuses non-finite doubles
+        raise _WriterRefused  # rapidjson's Writer refuses non-finite doubles: the quote stops there
     if number == 0:
         return "-0.0" if math.copysign(1.0, number) < 0 else "0.0"
     sign, digits, exponent = decimal.Decimal(repr(number)).normalize().as_tuple()
@@ -104,7 +115,12 @@ def _debug_tokens(value: Any, depth: int, prefix: str) -> Any:
     elif value is None or isinstance(value, bool):
         yield prefix + {None: "null", False: "false", True: "true"}[value]
     else:
-        yield prefix + _number_text(value)
+        try:
+            text = _number_text(value)
+        except _WriterRefused:
+            yield prefix  # PrettyWriter wrote the separator before the refused value
+            raise
+        yield prefix + text
 
 
 def _string_text(value: str) -> str:
@@ -114,11 +130,14 @@ def _string_text(value: str) -> str:
 def debug_string(value: Any) -> str:
     """JsonValueToDebugString: the value as TF Serving quotes it in errors, cut once 256 bytes are written."""
     out, size = [], 0
-    for piece in _debug_tokens(value, 0, ""):
-        if size >= _MAX_DEBUG_BYTES:  # JsonWriterWithLimit: no writer call once the buffer is full
-            break
-        out.append(piece)
-        size += len(piece.encode("utf-8", "surrogateescape"))
+    try:
+        for piece in _debug_tokens(value, 0, ""):
+            if size >= _MAX_DEBUG_BYTES:  # JsonWriterWithLimit: no writer call once the buffer is full
+                break
+            out.append(piece)
+            size += len(piece.encode("utf-8", "surrogateescape"))
+    except _WriterRefused:
+        pass
     return "".join(out)
 
 
