@@ -286,6 +286,8 @@ CASES = [
      ("error", "JSON Value: true Type: True is not of expected type: int32")),
     ("int32-overflow", "POST", P, sig("int32", '"instances": [3000000000]'), 400,
      ("error", "JSON Value: 3000000000 Type: Number is not of expected type: int32")),
+    ("quote-stops-at-nan", "POST", P, '{"instances": [NaN, 1], "inputs": [1]}', 400,
+     ("error", 'JSON Value: {\n    "instances": [ Not formatted correctly expecting only one of')),
     ("int64-limits", "POST", P, sig("int64", '"instances": [9223372036854775807, -9223372036854775808]'), 200,
      {"predictions": [9223372036854775807, -9223372036854775808]}),
     ("int64-overflow", "POST", P, sig("int64", '"instances": [9223372036854775808]'), 400,
