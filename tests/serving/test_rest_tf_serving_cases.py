@@ -42,6 +42,7 @@ signatures = {name: echo(spec(dtype, "default")) for name, dtype in [
     ("int32", tf.int32), ("int64", tf.int64), ("float", tf.float32), ("double", tf.float64),
     ("bool", tf.bool), ("string", tf.string), ("uint8", tf.uint8)]}
 signatures["serving_default"] = signatures["float"]
+signatures["half_in"] = echo(spec(tf.float16, "default"))
 signatures["multi"] = echo(spec(tf.int32, "int_tensor"), spec(tf.string, "str_tensor"),
                            spec(tf.float32, "float_tensor"), spec(tf.float64, "dbl_tensor"))
 signatures["columnar"] = echo(spec(tf.int32, "int_tensor"), spec(tf.string, "str_tensor"),
@@ -295,6 +296,11 @@ CASES = [
      ("error", "JSON Value: 3000000000 Type: Number is not of expected type: int32")),
     ("quote-stops-at-nan", "POST", P, '{"instances": [NaN, 1], "inputs": [1]}', 400,
      ("error", 'JSON Value: {\n    "instances": [ Not formatted correctly expecting only one of')),
+    ("unconvertible-dtype-columnar", "POST", P, sig("half_in", '"inputs": [1.0]'), 501,
+     ("error", "Conversion of JSON Value: 1.0 to type: half")),
+    ("unconvertible-dtype-row", "POST", P, sig("half_in", '"instances": [1.0]'), 400,
+     ("error", "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: Conversion of JSON Value: "
+               "1.0 to type: half")),
     ("int64-limits", "POST", P, sig("int64", '"instances": [9223372036854775807, -9223372036854775808]'), 200,
      {"predictions": [9223372036854775807, -9223372036854775808]}),
     ("int64-overflow", "POST", P, sig("int64", '"instances": [9223372036854775808]'), 400,
