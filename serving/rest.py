@@ -561,7 +561,8 @@ def _value_texts(name: str, array: np.ndarray, dtype_code: int) -> list[str]:
     if dtype_code == tensors.DT_STRING:
         if name.endswith("_bytes"):
             return ['{"b64": "' + base64.b64encode(v).decode("ascii") + '"}' for v in flat]
-        return [json.dumps(v.decode("utf-8", "replace")) for v in flat]
+        # rapidjson writes the bytes as they are (no UTF-8 check, no \\u escapes): surrogateescape keeps them
+        return [json.dumps(v.decode("utf-8", "surrogateescape"), ensure_ascii=False) for v in flat]
     if dtype_code == 10:
         return ["true" if v else "false" for v in flat]
     return [str(int(v)) for v in flat]
@@ -827,7 +828,7 @@ def build_app(api: RestApi, num_threads: int, timeout_ms: int, max_body_bytes: i
                     api.handle, request.method, path, bytes(body), limiter=limiter, abandon_on_cancel=True)
         except TimeoutError:
             return _json(504, {"error": f"Request timed out after {timeout_ms} ms (--rest_api_timeout_in_ms)"})
-        return Response(text, status_code=status, media_type="application/json")
+        return Response(text.encode("utf-8", "surrogateescape"), status_code=status, media_type="application/json")
 
     def _json(status: int, doc: dict) -> Response:
         return Response(json.dumps(doc), status_code=status, media_type="application/json")

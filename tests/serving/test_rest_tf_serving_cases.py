@@ -432,11 +432,15 @@ def test_cors_preflight_with_origin_is_ok(rest):
     assert _call("OPTIONS", rest + D, headers={"Origin": "http://example.com"}) == (200, "")
 
 
-def test_non_utf8_string_reaches_the_model_as_sent(rest):
-    """rapidjson does not validate UTF-8: the bytes inside a JSON string are the tensor's bytes."""
-    body = b'{"signature_name": "bytes", "instances": ["\xff\xfe"]}'
-    status, text = _call("POST", rest + P, body)
-    assert status == 200 and _json(text)["predictions"][0]["str_tensor_bytes"] == {"b64": "//4="}
+def test_non_utf8_string_reaches_the_model_and_comes_back_as_sent(rest):
+    """rapidjson validates no UTF-8: the bytes inside a JSON string are the tensor's bytes, and a string
+    output (not `*_bytes`) is written back byte for byte, non-ASCII unescaped."""
+    body = b'{"signature_name": "bytes", "instances": ["\xff\xfe", "' + "café".encode() + b'"]}'
+    request = urllib.request.Request(rest + P, data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        raw = response.read()
+    assert b'"str_tensor": "\xff\xfe"' in raw and '"str_tensor": "café"'.encode() in raw
+    assert b'"str_tensor_bytes": {"b64": "//4="}' in raw
 
 
 def _request_counts(rest: str) -> dict[str, float]:
