@@ -561,7 +561,7 @@ def _value_texts(name: str, array: np.ndarray, dtype_code: int) -> list[str]:
     if dtype_code == tensors.DT_STRING:
         if name.endswith("_bytes"):
             return ['{"b64": "' + base64.b64encode(v).decode("ascii") + '"}' for v in flat]
-        # rapidjson writes the bytes as they are (no UTF-8 check, no \\u escapes): surrogateescape keeps them
+        # rapidjson writes the bytes as they are (no UTF-8 check, no \u escapes): surrogateescape keeps them
         return [json.dumps(v.decode("utf-8", "surrogateescape"), ensure_ascii=False) for v in flat]
     if dtype_code == 10:
         return ["true" if v else "false" for v in flat]
@@ -687,6 +687,7 @@ class RestApi:
     def __init__(self, handlers: Handlers, prometheus_path: str | None = None):
         self.handlers = handlers
         self.prometheus_path = prometheus_path
+        self._metered = threading.local()  # whether this thread's request reached Handlers.call (which counts it)
 
     def handle(self, method: str, path: str, body: bytes, origin: str = "") -> tuple[int, str]:
         """`path` as sent (percent-encoded): the model name and label are decoded after the route matched.
@@ -696,17 +697,18 @@ class RestApi:
             ok = re.search("https?://", origin) is not None
             self.handlers.metrics.request("", "", "REST", "OK" if ok else "FAILED_PRECONDITION", 0.0)
             return (200 if ok else 400), ""
+        self._metered.done = False
         try:
             answer = self._dispatch(method, path, body)
             return 200, answer if isinstance(answer, str) else json.dumps(answer)
         except ServingStatus as exc:
-            if not getattr(exc, "metered", False):  # http_server.cc counts every request by its status
+            if not self._metered.done:  # http_server.cc counts every request by its status
                 self.handlers.metrics.request(_url_model_name(method, path), "", "REST", exc.code_name, 0.0)
             if isinstance(exc, _ModelInfoError):  # ParseModelInfo's errors return before any JSON is written
                 return exc.http_status, ""
             return exc.http_status, json.dumps({"error": exc.message}, indent=4)
         except Exception as exc:  # noqa: BLE001
-            if not getattr(exc, "metered", False):
+            if not self._metered.done:
                 self.handlers.metrics.request(_url_model_name(method, path), "", "REST", "INTERNAL", 0.0)
             return 500, json.dumps({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -740,12 +742,9 @@ class RestApi:
         return self._examples(verb, doc, spec_fill)
 
     def _call(self, api: str, request: Any) -> Any:
-        """The handler call, which meters the request (an error is marked so that it is not counted twice)."""
-        try:
-            return self.handlers.call(api, request, "REST")
-        except Exception as exc:
-            exc.metered = True
-            raise
+        """The handler call, which counts the request itself (so `handle` does not count it again)."""
+        self._metered.done = True
+        return self.handlers.call(api, request, "REST")
 
     def _examples(self, verb: str, doc: dict, spec_fill: Any) -> str:
         """MakeJsonFromClassificationResult / MakeJsonFromRegressionResult."""
