@@ -351,6 +351,9 @@ _PARSE_ERRORS = {
 }
 
 
+_NUMBER_END = re.compile(r"\.(?![0-9])|[eE][+-]?(?![0-9])")  # a fraction or exponent without digits
+
+
 def _innermost(text: str, pos: int) -> str:
     """The bracket ('[' or '{') open at `pos`, for rapidjson's 'Missing a comma or ...' messages."""
     stack, in_string, escaped = [], False, False
@@ -465,12 +468,17 @@ def parse_json(body: bytes) -> Any:
     except json.JSONDecodeError as exc:
         if exc.msg == "Expecting value" and _RAPIDJSON_ONLY_TOKEN.match(text, exc.pos):
             return _object(_parse_without_recursion(text, start))
-        if exc.msg == "Expecting ',' delimiter":
+        position = exc.pos
+        number_end = _NUMBER_END.match(text, position) if position and text[position - 1].isdigit() else None
+        if exc.msg == "Expecting ',' delimiter" and number_end:  # '1.' or '1e': rapidjson's number errors
+            reason = "Miss fraction part in number." if number_end[0] == "." else "Miss exponent in number."
+            position = number_end.end()
+        elif exc.msg == "Expecting ',' delimiter":
             reason = ("Missing a comma or '}' after an object member." if _innermost(text, exc.pos) == "{"
                       else "Missing a comma or ']' after an array element.")
         else:
             reason = _PARSE_ERRORS.get(exc.msg, exc.msg)
-        offset = len(text[:exc.pos].encode("utf-8", "surrogateescape"))
+        offset = len(text[:position].encode("utf-8", "surrogateescape"))
         raise invalid_argument(f"JSON Parse error: {reason} at offset: {offset}") from exc
     return _object(doc)
 

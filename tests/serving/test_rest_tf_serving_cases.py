@@ -357,6 +357,10 @@ CASES = [
      ("error", "JSON Parse error: Missing a comma or ']' after an array element.")),
     ("parse-missing-comma", "POST", P, '{"signature_name": "float" "instances": [1]}', 400,
      ("error", "JSON Parse error: Missing a comma or '}' after an object member. at offset: 27")),
+    ("parse-fraction-without-digits", "POST", P, sig("float", '"inputs": [1.]'), 400,
+     ("error", "JSON Parse error: Miss fraction part in number. at offset: 41")),
+    ("parse-exponent-without-digits", "POST", P, sig("float", '"inputs": [1e+]'), 400,
+     ("error", "JSON Parse error: Miss exponent in number. at offset: 42")),
     # ---- json_tensor_test.cc, response side
     ("bytes-outputs-b64", "POST", P, sig("bytes", '"instances": [["hello", "world"], ["tf", "serving"]]'), 200,
      {"predictions": [{"str_tensor": ["hello", "world"], "str_tensor_bytes": [{"b64": "aGVsbG8="}, {"b64": "d29ybGQ="}]},
