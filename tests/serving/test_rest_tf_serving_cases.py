@@ -361,6 +361,10 @@ CASES = [
      ("error", "JSON Parse error: Miss fraction part in number. at offset: 41")),
     ("parse-exponent-without-digits", "POST", P, sig("float", '"inputs": [1e+]'), 400,
      ("error", "JSON Parse error: Miss exponent in number. at offset: 42")),
+    ("parse-integer-too-big", "POST", P, sig("float", '"inputs": [1' + "0" * 400 + "]"), 400,
+     ("error", "JSON Parse error: Number too big to be stored in double.")),
+    ("feature-integer-too-big", "POST", D + ":regress", '{"examples": [{"x": 1' + "0" * 400 + "}]}", 400,
+     ("error", "JSON Parse error: Number too big to be stored in double.")),
     # ---- json_tensor_test.cc, response side
     ("bytes-outputs-b64", "POST", P, sig("bytes", '"instances": [["hello", "world"], ["tf", "serving"]]'), 200,
      {"predictions": [{"str_tensor": ["hello", "world"], "str_tensor_bytes": [{"b64": "aGVsbG8="}, {"b64": "d29ybGQ="}]},
