@@ -13,8 +13,9 @@ Routes, formats and errors follow `http_rest_api_util.cc`, `http_rest_api_handle
   except where TF Serving writes no body (a version beyond int64, an OPTIONS preflight);
 - the Prometheus page at the path the monitoring config names.
 
-JSON is read as rapidjson reads it in TF Serving (NaN/Inf tokens, bytes after the document ignored, the
-first of duplicate members, any nesting depth, UTF-8 not validated), every value checked against the
+JSON is read by rapidjson, as in TF Serving (NaN/Inf tokens, numbers, parse errors and their offsets, bytes
+after the document ignored, the first of duplicate members; refused here, read there: nesting deeper than
+Python's recursion limit and strings that are not UTF-8), every value checked against the
 signature's dtype as `AddValueToTensor` checks it, and errors quote the JSON as TF Serving quotes it.
 Floats are written as `WriteDecimal` writes them (six digits when they read back, else 9 / 17).
 `tests/serving/test_rest_tf_serving_cases.py` holds the cases, one per TF Serving test case.
@@ -37,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
+import rapidjson
 
 from serving import tensors
 from serving.servicers import Handlers
@@ -75,7 +77,9 @@ def _json_type(value: Any) -> str:
     """rapidjson's type names (JsonTypeString)."""
     if value is None or isinstance(value, bool):
         return {None: "Null", False: "False", True: "True"}[value]
-    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+    if isinstance(value, dict):
+        return "Object"
+    return "Array" if isinstance(value, list) else "String" if isinstance(value, str) else "Number"
 
 
 class _WriterRefused(Exception):
@@ -182,9 +186,9 @@ def _decode_b64(value: Any) -> bytes:
 
 
 def _utf8(value: str) -> bytes:
-    """The bytes the client sent (the body is decoded with surrogateescape: rapidjson does not validate UTF-8)."""
+    """The bytes of a string the client sent (a lone surrogate escape, which rapidjson refuses, cannot be)."""
     try:
-        return value.encode("utf-8", "surrogateescape")
+        return value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise invalid_argument("JSON Parse error: The surrogate pair in string is invalid.") from exc
 
@@ -354,147 +358,48 @@ def _inputs(value: Any, infos: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-# rapidjson's GetParseError_En for the errors Python's json reports differently (json_tensor.cc ParseJson).
-_PARSE_ERRORS = {
-    "Expecting value": "Invalid value.",
-    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
-    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Unterminated string starting at": "Missing a closing quotation mark in string.",
-    "Invalid \\escape": "Invalid escape character in string.",
-    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
-    "Invalid control character at": "Invalid encoding in string.",
-}
+class _Decoder(rapidjson.Decoder):
+    """Objects as rapidjson's FindMember sees them: the first member of a name counts. (python-rapidjson
+    collects an object's members as (key, value) pairs when `start_object` returns a list.)"""
+
+    def start_object(self) -> list:
+        return []
+
+    def end_object(self, members: list[tuple[str, Any]]) -> dict:
+        first: dict = {}
+        for key, value in members:
+            first.setdefault(key, value)
+        return first
 
 
-_NUMBER_END = re.compile(r"\.(?![0-9])|[eE][+-]?(?![0-9])")  # a fraction or exponent without digits
-
-
-def _innermost(text: str, pos: int) -> str:
-    """The bracket ('[' or '{') open at `pos`, for rapidjson's 'Missing a comma or ...' messages."""
-    stack, in_string, escaped = [], False, False
-    for char in text[:pos]:
-        if in_string:
-            in_string = not (char == '"' and not escaped)
-            escaped = char == "\\" and not escaped
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            stack.append(char)
-        elif char in "]}" and stack:
-            stack.pop()
-    return stack[-1] if stack else "["
-
-
-_JSON_TOKEN = re.compile(r'[ \t\n\r]*(?:([\[\]{}:,])|("(?:[^"\\]|\\.)*")|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?'
-                         r'(?:[eE][+-]?[0-9]+)?)|(true|false|null|-?NaN|-?Inf(?:inity)?))', re.DOTALL)
-_JSON_WORDS = {"true": True, "false": False, "null": None}
-# rapidjson's kParseNanAndInfFlag also takes Inf, -Inf and -NaN, which Python's json does not
-_RAPIDJSON_ONLY_TOKEN = re.compile(r"-?(?:Inf|NaN)")
-
-
-def _parse_without_recursion(text: str, pos: int) -> Any:
-    """The document read with an explicit stack: rapidjson parses iteratively (kParseIterativeFlag), so
-    TF Serving takes nesting deeper than Python's json recurses (json_tensor_test.cc DeeplyNested*)."""
-    stack: list[list] = []  # [container, key of the pending member]
-    state = "value"  # what may come next: value, first (value or ']'), key, firstkey (key or '}'), colon, next
-
-    def fail(reason: str) -> ServingStatus:
-        offset = len(text[:at].encode("utf-8", "surrogateescape"))
-        return invalid_argument(f"JSON Parse error: {reason} at offset: {offset}")
-
-    while True:
-        match = _JSON_TOKEN.match(text, pos)
-        at = len(text) - len(text[pos:].lstrip(" \t\n\r")) if match is None else match.end() - len(
-            match.group(0).lstrip(" \t\n\r"))
-        if match is None:
-            raise fail("Invalid value.")
-        punct, string, number, word = match.groups()
-        pos = match.end()
-        value, closed = None, False
-        if state in ("key", "firstkey"):
-            if string is not None:
-                stack[-1][1], state = json.loads(string), "colon"
-                continue
-            if punct != "}" or state == "key":
-                raise fail("Missing a name for object member.")
-            closed = True
-        elif state == "colon":
-            if punct != ":":
-                raise fail("Missing a colon after a name of object member.")
-            state = "value"
-            continue
-        elif state == "next":
-            is_object = isinstance(stack[-1][0], dict)
-            if punct == ",":
-                state = "key" if is_object else "value"
-                continue
-            if punct != ("}" if is_object else "]"):
-                raise fail("Missing a comma or '}' after an object member." if is_object
-                           else "Missing a comma or ']' after an array element.")
-            closed = True
-        elif punct == "]" and state == "first":
-            closed = True
-        elif punct in ("[", "{"):
-            stack.append([[] if punct == "[" else {}, None])
-            state = "first" if punct == "[" else "firstkey"
-            continue
-        elif string is not None or number is not None:
-            value = json.loads(string if string is not None else number)
-        elif word is not None:
-            value = _JSON_WORDS[word] if word in _JSON_WORDS else float(word.replace("Infinity", "Inf"))
-        else:
-            raise fail("Invalid value.")
-        if closed:
-            value = stack.pop()[0]
-        if not stack:
-            return value
-        container, key = stack[-1]
-        if isinstance(container, dict):
-            container.setdefault(key, value)
-        else:
-            container.append(value)
-        state = "next"
-
-
-def _first_member_wins(pairs: list[tuple[str, Any]]) -> dict:
-    """rapidjson's FindMember returns the first member of a name; Python's json keeps the last."""
-    members: dict = {}
-    for key, value in pairs:
-        members.setdefault(key, value)
-    return members
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_first_member_wins)
+# TF Serving's own parser (rapidjson, through python-rapidjson), with its flags: NaN/Inf tokens, numbers
+# read as rapidjson reads them (int64, uint64 or double; "Number too big to be stored in double.")
+_DECODER = _Decoder(number_mode=rapidjson.NM_NAN | rapidjson.NM_NATIVE)
+_PARSE_ERROR = re.compile(r"Parse error at offset (\d+): (.*)", re.DOTALL)
+_ROOT_FOLLOWED = "The document root must not be followed by other values."
 
 
 def parse_json(body: bytes) -> Any:
-    """ParseJson: rapidjson with NaN/Infinity tokens, stopping after the first value (trailing bytes ignored);
-    the top level must be an object. Strings keep the bytes sent (UTF-8 is not validated)."""
-    if not body:
-        raise invalid_argument("JSON Parse error: The document is empty")
-    text = body.decode("utf-8", "surrogateescape")
-    start = len(text) - len(text.lstrip(" \t\n\r"))
-    if start == len(text):
-        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    """json_tensor.cc ParseJson: the request read by rapidjson, its error texts and offsets (`JSON Parse
+    error: <reason> at offset: <n>`); reading stops after the first value (kParseStopWhenDoneFlag: what
+    follows it is ignored); the top level must be an object.
+
+    Two documents TF Serving reads and this server refuses (400, INVALID_ARGUMENT), both outside JSON as
+    clients write it: nesting deeper than Python's recursion limit (python-rapidjson builds Python objects
+    recursively, TF Serving's rapidjson parses iteratively) and strings that are not UTF-8 (JSON text is
+    UTF-8, RFC 8259; binary values travel as `{"b64": ...}`)."""
     try:
-        doc, _ = _DECODER.raw_decode(text, start)
-    except RecursionError:
-        doc = _parse_without_recursion(text, start)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Expecting value" and _RAPIDJSON_ONLY_TOKEN.match(text, exc.pos):
-            return _object(_parse_without_recursion(text, start))
-        position = exc.pos
-        number_end = _NUMBER_END.match(text, position) if position and text[position - 1].isdigit() else None
-        if exc.msg == "Expecting ',' delimiter" and number_end:  # '1.' or '1e': rapidjson's number errors
-            reason = "Miss fraction part in number." if number_end[0] == "." else "Miss exponent in number."
-            position = number_end.end()
-        elif exc.msg == "Expecting ',' delimiter":
-            reason = ("Missing a comma or '}' after an object member." if _innermost(text, exc.pos) == "{"
-                      else "Missing a comma or ']' after an array element.")
-        else:
-            reason = _PARSE_ERRORS.get(exc.msg, exc.msg)
-        offset = len(text[:position].encode("utf-8", "surrogateescape"))
+        doc = _DECODER(body)
+    except (rapidjson.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep to build
+        match = _PARSE_ERROR.match(str(exc))
+        if match is None:
+            raise invalid_argument(f"JSON Parse error: {exc}") from exc
+        offset, reason = int(match[1]), match[2]
+        if reason == _ROOT_FOLLOWED:  # the first value ends before `offset`: read it alone
+            return parse_json(body[:offset])
         raise invalid_argument(f"JSON Parse error: {reason} at offset: {offset}") from exc
+    except UnicodeDecodeError as exc:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from exc
     return _object(doc)
 
 
