@@ -60,17 +60,9 @@ _INT_RANGES = {  # dtype -> the rapidjson test json_tensor.cc applies (IsInt, Is
 _CONVERTED = {1, 2, 7, 10, *_INT_RANGES}  # AddValueToTensor's cases; any other dtype is UNIMPLEMENTED
 
 
-def _double(value: Any) -> float:
-    """A JSON number as the double rapidjson reads; an integer beyond any double is its parse error."""
-    try:
-        return float(value)
-    except OverflowError as exc:
-        raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from exc
-
-
 def _is_integer(value: Any) -> bool:
-    """A JSON integer as rapidjson keeps it (in [-2^63, 2^64)); a longer one it reads as a double."""
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
+    """A JSON integer as rapidjson keeps it (int64 or uint64; the parser reads longer ones as doubles)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _json_type(value: Any) -> str:
@@ -90,10 +82,7 @@ def _number_text(value: Any) -> str:
     """A number as rapidjson's Writer prints it: integers as they are, doubles shortest with `.0`/`e`."""
     if _is_integer(value):
         return str(value)
-    try:
-        number = float(value)
-    except OverflowError:  # an integer no double holds: rapidjson would not have parsed it
-        return str(value)
+    number = float(value)
     if number != number or number in (math.inf, -math.inf):
         raise _WriterRefused  # rapidjson's Writer refuses non-finite doubles: the quote stops there
     if number == 0:
@@ -267,10 +256,7 @@ def _array(values: list, dims: list[int], dtype_code: int) -> np.ndarray:
         array = np.empty(len(values), dtype=object)
         array[:] = values
     elif dtype_code in (1, 2):
-        try:
-            doubles = np.asarray(values, dtype=np.float64)
-        except OverflowError:  # an integer beyond any double
-            doubles = np.asarray([_double(v) for v in values], dtype=np.float64)
+        doubles = np.asarray(values, dtype=np.float64)
         with np.errstate(over="ignore"):  # a double beyond float's range is +-inf, as GetFloat() gives
             array = doubles.astype(dtype)
     elif dtype_code == 23:
@@ -555,7 +541,7 @@ def _feature_value(item: Any, name: str) -> tuple[str, Any]:
             raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
         return "int64_list", item
     if isinstance(item, (int, float)):
-        return "float_list", _double(item)
+        return "float_list", float(item)
     if isinstance(item, str):
         return "bytes_list", _utf8(item)
     if _is_b64(item):
