@@ -584,6 +584,24 @@ def example_request(doc: dict, request: Any) -> None:
 
 
 # --------------------------------------------------------------------------- dispatch
+def classification_json(response: Any) -> str:
+    """MakeJsonFromClassificationResult."""
+    result = response.result
+    if not result.classifications:
+        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+    rows = ("[" + ", ".join(f"[{json.dumps(c.label)}, {decimal_text(c.score)}]" for c in row.classes) + "]"
+            for row in result.classifications)
+    return '{"results": [' + ", ".join(rows) + "]}"
+
+
+def regression_json(response: Any) -> str:
+    """MakeJsonFromRegressionResult."""
+    result = response.result
+    if not result.regressions:
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+    return '{"results": [' + ", ".join(decimal_text(r.value) for r in result.regressions) + "]}"
+
+
 class _ModelInfoError(ServingStatus):
     """An error of the URL's model part (a version beyond int64), answered with an empty body as TF Serving does."""
 
@@ -652,13 +670,14 @@ class RestApi:
         doc = parse_body(body)
         if verb == "predict":
             request, fmt = predict_request(doc, spec_fill, self.handlers)
-            return predict_json(self._call("Predict", request), fmt)
+            return self._call("Predict", request, lambda response: predict_json(response, fmt))
         return self._examples(verb, doc, spec_fill)
 
-    def _call(self, api: str, request: Any) -> Any:
-        """The handler call, which counts the request itself (so `handle` does not count it again)."""
+    def _call(self, api: str, request: Any, answer: Any = None) -> Any:
+        """The handler call, `answer` (the JSON writer) included, which counts the request itself by its
+        final status (so `handle` does not count it again)."""
         self._metered.done = True
-        return self.handlers.call(api, request, "REST")
+        return self.handlers.call(api, request, "REST", answer=answer)
 
     def _examples(self, verb: str, doc: dict, spec_fill: Any) -> str:
         """MakeJsonFromClassificationResult / MakeJsonFromRegressionResult."""
@@ -668,19 +687,11 @@ class RestApi:
             request = classification_pb2.ClassificationRequest()
             spec_fill(request.model_spec)
             example_request(doc, request)
-            result = self._call("Classify", request).result
-            if not result.classifications:
-                raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-            rows = ("[" + ", ".join(f"[{json.dumps(c.label)}, {decimal_text(c.score)}]" for c in row.classes) + "]"
-                    for row in result.classifications)
-            return '{"results": [' + ", ".join(rows) + "]}"
+            return self._call("Classify", request, classification_json)
         request = regression_pb2.RegressionRequest()
         spec_fill(request.model_spec)
         example_request(doc, request)
-        result = self._call("Regress", request).result
-        if not result.regressions:
-            raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-        return '{"results": [' + ", ".join(decimal_text(r.value) for r in result.regressions) + "]}"
+        return self._call("Regress", request, regression_json)
 
     def _status(self, spec_fill: Any) -> dict:
         from google.protobuf import json_format

@@ -32,14 +32,19 @@ class Handlers:
         self.batching = batching
 
     def call(self, api: str, request: Any, entrypoint: str = "GRPC",
-             cancelled: Callable[[], bool] | None = None) -> Any:
+             cancelled: Callable[[], bool] | None = None, answer: Callable[[Any], Any] | None = None) -> Any:
         """One API call with its request metrics (`_metric_api`); `cancelled` (whether the caller has
-        gone) is passed to the one call that may wait long, HandleReloadConfigRequest."""
+        gone) is passed to the one call that may wait long, HandleReloadConfigRequest. `answer` turns the
+        response into what is sent (REST's JSON) inside the metered call: TF Serving's HTTP server counts a
+        request by the status of its whole handler, so a response that cannot be written is counted by
+        that error, not as OK."""
         start = time.perf_counter()
         handler = getattr(self, "_" + api)
         label = _metric_api(api, entrypoint)
         try:
             response = handler(request, cancelled) if cancelled is not None else handler(request)
+            if answer is not None:
+                response = answer(response)
         except ServingStatus as exc:
             if label is not None:
                 self.metrics.request(_model_name(api, request), label, entrypoint, exc.code_name, 0.0)

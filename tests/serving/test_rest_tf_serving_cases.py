@@ -473,17 +473,20 @@ def _request_counts(rest: str) -> dict[str, float]:
 
 def test_every_rest_request_is_counted_by_its_status(rest):
     """http_server.cc RecordModelRequestCount: every REST request, by the model name of its URL ("" when
-    the route does not match) and the status it was answered with, also when it fails before the model."""
+    the route does not match) and the status it was answered with, also when it fails before the model and
+    when the model ran but its answer cannot be written as JSON (a scalar output in the row format)."""
     before = _request_counts(rest)
     for method, path, body in [("POST", D + ":predict", "instances = [1, 2]"),
                                ("POST", D + ":predict", '{"instances": ["x"]}'),
                                ("GET", "/v1/models/default/versions/18446744073709551615", None),
                                ("GET", "/v1/foo", None), ("OPTIONS", D, None),
-                               ("POST", D + ":predict", '{"instances": [[1.0]]}')]:
+                               ("POST", D + ":predict", '{"instances": [[1.0]]}'),
+                               ("POST", P, sig("scalar", '"instances": [1.0, 2.0]'))]:
         _call(method, rest + path, body)
     after = _request_counts(rest)
     grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
     assert grown == {'{model_name="default",status="INVALID_ARGUMENT"}': 3,
                      '{model_name="",status="INVALID_ARGUMENT"}': 1,
                      '{model_name="",status="FAILED_PRECONDITION"}': 1,
-                     '{model_name="default",status="OK"}': 1}
+                     '{model_name="default",status="OK"}': 1,
+                     '{model_name="echo",status="INVALID_ARGUMENT"}': 1}
