@@ -420,21 +420,23 @@ def metadata(lv: LoadedVersion, request: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- warmup
-def replay_warmup(lv: LoadedVersion, records: list[Any], iterations: int, max_bytes: int) -> int:
+def replay_warmup(lv: LoadedVersion, records: list[Any], iterations: int, max_bytes: int,
+                  method_check: bool = False) -> int:
     """Run every PredictionLog record against this version (before it is AVAILABLE); returns calls made.
-    A failing record fails the load, as in TF Serving."""
+    A failing record fails the load, as in TF Serving, whose warmup runs the same Predict/Classify/Regress/
+    MultiInference code, `--enable_signature_method_name_check` (`method_check`) included."""
     calls = 0
     for record in records:
         kind = record.WhichOneof("log_type")
         for _ in range(max(1, iterations)):
             if kind == "predict_log":
-                predict(lv, record.predict_log.request, max_bytes, batching=False)
+                predict(lv, record.predict_log.request, max_bytes, batching=False, method_check=method_check)
             elif kind == "classify_log":
-                classify(lv, record.classify_log.request)
+                classify(lv, record.classify_log.request, method_check)
             elif kind == "regress_log":
-                regress(lv, record.regress_log.request)
+                regress(lv, record.regress_log.request, method_check)
             elif kind == "multi_inference_log":
-                multi_inference(lv, record.multi_inference_log.request)
+                multi_inference(lv, record.multi_inference_log.request, method_check)
             else:
                 raise ServingStatus("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
             calls += 1

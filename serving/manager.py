@@ -305,7 +305,8 @@ class ModelManager:
             try:
                 records = read_warmup_records(local)
                 calls = inference.replay_warmup(lv, records, self._options.num_request_iterations_for_warmup,
-                                                self._options.max_request_tensor_bytes)
+                                                self._options.max_request_tensor_bytes,
+                                                self._options.enable_signature_method_name_check)
             except BaseException:
                 lv.close()
                 raise

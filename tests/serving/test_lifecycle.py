@@ -17,6 +17,8 @@ import pytest
 from serving import protos
 from tests.serving.conftest import HALF_PLUS_TWO
 
+HALF_PLUS_TWO_TF2 = HALF_PLUS_TWO.parents[1] / "saved_model_half_plus_two_tf2_cpu" / "00000123"
+
 pytestmark = pytest.mark.slow
 
 
@@ -76,6 +78,32 @@ def test_warmup_replayed_before_available_and_a_failing_record_fails_the_load(tm
         assert server.manager.resolve(_spec("m")).version == 124  # without warmup the bad record is never run
     finally:
         server.stop()
+
+
+def test_warmup_runs_with_the_signature_method_name_check(tmp_path):
+    """TF Serving's warmup runs the request code as served, the method-name check included: a Classify record
+    on TF2 half_plus_two (whose signatures are all exported as predict) warms up without the flag and fails
+    the load with it, in classifier.cc's words."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.export import write_warmup_requests
+    from serving.server import start_server
+
+    record = prediction_log_pb2.PredictionLog()
+    request = record.classify_log.request
+    request.model_spec.signature_name = "classify_x_to_y"
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
+    version = tmp_path / "m" / "1"
+    shutil.copytree(HALF_PLUS_TWO_TF2, version)
+    write_warmup_requests(version, 0, records=[record])
+    server = start_server(_options(tmp_path))
+    try:
+        assert server.manager.warmup_calls[("m", 1)] == 1
+    finally:
+        server.stop()
+    with pytest.raises(Exception, match="Expected classification signature method_name to be "
+                                        "tensorflow/serving/classify. Was: tensorflow/serving/predict"):
+        start_server(_options(tmp_path, enable_signature_method_name_check=True, max_num_load_retries=0))
 
 
 def test_failed_load_is_retried_then_ends_with_its_error(tmp_path):
