@@ -371,6 +371,8 @@ CASES = [
      ("error", "JSON Parse error: Miss exponent in number. at offset: 42")),
     ("parse-integer-too-big", "POST", P, sig("float", '"inputs": [1' + "0" * 400 + "]"), 400,
      ("error", "JSON Parse error: Number too big to be stored in double.")),
+    ("parse-exponent-too-big", "POST", P, sig("float", '"inputs": [1e400]'), 400,
+     ("error", "JSON Parse error: Number too big to be stored in double. at offset: 39")),
     ("feature-integer-too-big", "POST", D + ":regress", '{"examples": [{"x": 1' + "0" * 400 + "}]}", 400,
      ("error", "JSON Parse error: Number too big to be stored in double.")),
     # ---- json_tensor_test.cc, response side
