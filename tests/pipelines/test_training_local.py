@@ -56,12 +56,27 @@ def runs(stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from infra.local.synthetic import write_fundus_dataset
 
     work = tmp_path_factory.mktemp("training-local")
+    _forget_registered_model(MODEL)
     write_fundus_dataset(RAW, n=240, seed=3, size=160, balance=True)
     good = _run(work, 2e-3, epochs=8)
     config = storage.join(str(work / "serving"), "models.config")
     after_good = storage.read_text(config) if storage.exists(config) else ""
     bad = _run(work, 0.0, epochs=1)  # learning rate 0: the weights stay at their random initialisation
     return {"good": good, "bad": bad, "work": work, "config_after_good": after_good}
+
+
+def _forget_registered_model(name: str) -> None:
+    """The test's premise is a registry without this model: its first good model becomes champion. The
+    stack is shared by the test files of one pytest worker, and another file (tests/register) may have
+    registered a model of another class count under the same name before this one ran."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().delete_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def _champion(name: str) -> str:
