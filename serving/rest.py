@@ -139,7 +139,7 @@ def debug_string(value: Any) -> str:
             if size >= _MAX_DEBUG_BYTES:  # JsonWriterWithLimit: no writer call once the buffer is full
                 break
             out.append(piece)
-            size += len(piece.encode("utf-8", "surrogateescape"))
+            size += len(piece.encode("utf-8"))
     except _WriterRefused:
         pass
     return "".join(out)
@@ -174,14 +174,6 @@ def _decode_b64(value: Any) -> bytes:
     return base64.b64decode(data + "=" * missing)
 
 
-def _utf8(value: str) -> bytes:
-    """The bytes of a string the client sent (a lone surrogate escape, which rapidjson refuses, cannot be)."""
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise invalid_argument("JSON Parse error: The surrogate pair in string is invalid.") from exc
-
-
 def _leaf(value: Any, dtype_code: int) -> Any:
     """AddValueToTensor: one JSON value as the dtype takes it, or the error TF Serving gives."""
     if isinstance(value, dict):
@@ -202,7 +194,7 @@ def _leaf(value: Any, dtype_code: int) -> Any:
         ok = _is_integer(value) and low <= value <= high
     if not ok:
         raise _type_error(value, dtype_code)
-    return _utf8(value) if dtype_code == tensors.DT_STRING else value
+    return value.encode("utf-8") if dtype_code == tensors.DT_STRING else value
 
 
 def _dense_shape(value: Any) -> list[int]:
@@ -543,7 +535,7 @@ def _feature_value(item: Any, name: str) -> tuple[str, Any]:
     if isinstance(item, (int, float)):
         return "float_list", float(item)
     if isinstance(item, str):
-        return "bytes_list", _utf8(item)
+        return "bytes_list", item.encode("utf-8")
     if _is_b64(item):
         return "bytes_list", _decode_b64(item)
     raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {_json_type(item)}")
