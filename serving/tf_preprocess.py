@@ -14,7 +14,7 @@ reduced by the same exact block mean.
 Fundus: thumbnail by integer block means (2×2 first; OpenCV's uint8 rounding: half up for 2×2, half even
 else) -> retina mask -> circle (Kåsa fit, one outlier round) -> Gaussian anti-aliasing of the crop (ratio
 ≥ 1.5) -> bilinear sub-pixel warp at n× the work size, n×n block mean -> `image_weight·img + blur_weight·blur + offset` with the blur on a `blur_reduction`-times
-reduced float copy (Gaussian of OpenCV's float kernel size, reflect-101 border, bilinear back up) ->
+reduced float copy (exact block mean, Gaussian of OpenCV's float kernel size, reflect-101 border, bilinear back up) ->
 rim and outside-the-photo pixels set to `offset` -> resize to `image_size` when `radius` is set.
 OCT: grey (JPEG: the decoder's luma; PNG: OpenCV's fixed-point BT.601) -> square crop on the intensity
 centroid (or pad) -> median filter -> resize -> percentile stretch.
@@ -39,7 +39,7 @@ from components.preprocess.params import (
     ANTIALIAS_SIGMA,
     CANVAS_RATIO,
     DCT_FACTORS,
-    THUMBNAIL_HALVINGS,
+    MAX_HALVINGS,
     PreprocessParams,
     gaussian_ksize,
     gaussian_taps,
@@ -356,7 +356,7 @@ def _find_retina(image: Any, params: PreprocessParams) -> tuple[Any, Any, Any]:
     shape = tf.shape(image)
     hf, wf = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
     factor = tf.maximum(1, tf.cast(tf.math.ceil(tf.maximum(hf, wf) / THUMBNAIL_SIDE), tf.int32))
-    thumb = _thumbnail(image, factor)
+    thumb = block_mean(image, factor)
     region = _retina_mask(thumb, params)
     th, tw = tf.shape(region)[0], tf.shape(region)[1]
     tf.debugging.assert_greater_equal(
@@ -388,12 +388,12 @@ def _find_retina(image: Any, params: PreprocessParams) -> tuple[Any, Any, Any]:
     return tf.cond(full_frame, frame, fitted)
 
 
-def _thumbnail(image: Any, factor: Any) -> Any:
-    """ops.thumbnail: exact 2×2 means while the factor is even (params.thumbnail_steps), then the rest."""
+def block_mean(image: Any, factor: Any) -> Any:
+    """decode.block_mean: exact 2×2 means while the factor is even (params.halving_steps), then the rest."""
     import tensorflow as tf
 
-    rest = factor
-    for _ in range(THUMBNAIL_HALVINGS):
+    rest = tf.convert_to_tensor(factor)
+    for _ in range(MAX_HALVINGS):
         even = tf.equal(rest % 2, 0)
         image = tf.cond(even, lambda image=image: area_reduce(image, tf.constant(2)), lambda image=image: image)
         rest = tf.where(even, rest // 2, rest)
@@ -539,12 +539,12 @@ def _gaussian_blur(image: Any, sigma: float) -> Any:
 
 
 def _local_average(canvas: Any, params: PreprocessParams) -> Any:
-    """ops.local_average: uint8 block mean by `blur_reduction`, Gaussian σ/reduction, bilinear back up (float)."""
+    """ops.local_average: exact float block mean by `blur_reduction`, Gaussian σ/reduction, bilinear back up."""
     import tensorflow as tf
 
     reduction = params.blur_reduction
     size = 2 * params.work_radius
-    small = area_reduce(canvas, tf.constant(reduction)) if reduction > 1 else canvas
+    small = area_reduce(canvas, tf.constant(reduction), uint8=False) if reduction > 1 else canvas
     small = tf.ensure_shape(small, [size // reduction, size // reduction, 3])
     blurred = _gaussian_blur(small, params.sigma / reduction)
     if reduction > 1:

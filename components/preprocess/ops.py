@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from components.common.errors import RetinaError
-from components.preprocess.decode import area_reduce
+from components.preprocess.decode import area_reduce, block_mean, block_mean_float
 from components.preprocess.params import (
     DENOISERS,
     PreprocessParams,
@@ -45,7 +45,6 @@ from components.preprocess.params import (
     antialias_sigma,
     canvas_multiple,
     gaussian_ksize,
-    thumbnail_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -94,12 +93,9 @@ def thumbnail(image: np.ndarray) -> tuple[np.ndarray, int]:
     """(image reduced by the smallest integer factor that brings its long side to ≤ THUMBNAIL_SIDE, factor).
 
     An integer factor makes the reduction a block mean (bit-identical in the serving graph), done as exact
-    2×2 means first (`params.thumbnail_steps`: OpenCV's fast path, ~4x cheaper than one 4×4 mean)."""
+    2×2 means first (`decode.block_mean`: OpenCV's fast path, ~4x cheaper than one 4×4 mean)."""
     factor = max(1, math.ceil(max(image.shape[:2]) / THUMBNAIL_SIDE))
-    halvings, rest = thumbnail_steps(factor)
-    for _ in range(halvings):
-        image = area_reduce(image, 2)
-    return area_reduce(image, rest), factor
+    return block_mean(image, factor), factor
 
 
 def radius_from_middle_row(image: np.ndarray) -> float:
@@ -234,10 +230,11 @@ def _inside(shift: float, scale: float, out_size: int, length: int) -> np.ndarra
 
 
 def local_average(image: np.ndarray, sigma: float, reduction: int = 1) -> np.ndarray:
-    """GaussianBlur(image, σ) as float32, computed on a uint8 copy block-averaged by `reduction` (σ/reduction
-    there) and brought back by bilinear interpolation: the blur keeps nothing finer than σ, so a σ ≥ 2 px
-    grid carries it (`PreprocessParams.blur_reduction` picks the factor); 1/16 of the work at the default."""
-    small = area_reduce(image, reduction).astype(np.float32)
+    """GaussianBlur(image, σ) as float32, computed on a copy block-averaged by `reduction` (σ/reduction there;
+    the exact float mean, `decode.block_mean_float`) and brought back by bilinear interpolation: the blur
+    keeps nothing finer than σ, so a σ ≥ 2 px grid carries it (`PreprocessParams.blur_reduction` picks the
+    factor); 1/16 of the work at the default."""
+    small = block_mean_float(image, reduction)
     small_sigma = sigma / reduction
     k = gaussian_ksize(small_sigma)
     blurred = cv2.GaussianBlur(small, (k, k), small_sigma, borderType=cv2.BORDER_REFLECT_101)

@@ -45,7 +45,7 @@ ANTIALIAS_MIN_RATIO = 1.5
 CANVAS_RATIO = 2.5
 # Halvings (exact 2×2 means, OpenCV's fast path) the retina-finding thumbnail is reduced by before any
 # remaining odd factor: ~4x cheaper than one generic block mean on a half-scale decode.
-THUMBNAIL_HALVINGS = 6
+MAX_HALVINGS = 6
 
 
 @dataclass(frozen=True)
@@ -235,11 +235,12 @@ def gaussian_taps(sigma: float, half: int) -> tuple[float, ...]:
     return tuple(w / total for w in weights)
 
 
-def thumbnail_steps(factor: int) -> tuple[int, int]:
+def halving_steps(factor: int) -> tuple[int, int]:
     """(halvings, remaining factor): a block mean by `factor` done as exact 2×2 means first (at most
-    THUMBNAIL_HALVINGS), then one block mean by what is left."""
+    MAX_HALVINGS), then one block mean by what is left. OpenCV's 2×2 INTER_AREA is its fast path: two
+    halvings cost a quarter of one 4×4 mean. Used by the thumbnail and the Gaussian step's reduction."""
     halvings = 0
-    while factor % 2 == 0 and halvings < THUMBNAIL_HALVINGS:
+    while factor % 2 == 0 and halvings < MAX_HALVINGS:
         factor //= 2
         halvings += 1
     return halvings, factor

@@ -119,3 +119,36 @@ def test_default_512px_output_on_eyepacs_sized_frames_matches_the_reference(sour
     assert ours.shape == (512, 512, 3)
     assert psnr(ours, reference) >= 35
     assert psnr(ours, reference, circle_mask(512, 0.9 * 256)) >= 35
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 6, 8, 16])
+def test_block_means_are_exact(factor):
+    """decode.block_mean_float (the Gaussian step's reduced copy) is the exact float mean of each block for the
+    blur reductions (2, 4, 8), with no uint8 rounding, trailing partial blocks dropped; decode.block_mean (the thumbnail) is 2×2 means
+    rounded half up as OpenCV's fast path, then the odd rest."""
+    from components.preprocess.decode import block_mean, block_mean_float
+
+    rng = np.random.default_rng(factor)
+    image = rng.integers(0, 256, (8 * 16 + 5, 8 * 12 + 3, 3), np.uint8)
+    image[:16, :16] = 255  # the largest sums
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = image[: h * factor, : w * factor].astype(np.float64).reshape(h, factor, w, factor, 3)
+    exact = blocks.mean(axis=(1, 3))
+    ours = block_mean_float(image, factor)
+    assert ours.dtype == np.float32 and ours.shape == exact.shape
+    if factor in (1, 2, 4, 8):  # the blur reductions: exact to the last bit
+        np.testing.assert_array_equal(ours, exact.astype(np.float32))
+    else:  # any other factor: a float32 mean, within float rounding
+        np.testing.assert_allclose(ours, exact, rtol=1e-6)
+
+    halved = image
+    rest = factor
+    while rest % 2 == 0:
+        hh, ww = halved.shape[0] // 2, halved.shape[1] // 2
+        sums = halved[: 2 * hh, : 2 * ww].astype(np.int64).reshape(hh, 2, ww, 2, 3).sum(axis=(1, 3))
+        halved, rest = ((sums + 2) // 4).astype(np.uint8), rest // 2
+    thumb = block_mean(image, factor)
+    if rest == 1:
+        np.testing.assert_array_equal(thumb, halved)
+    else:
+        assert thumb.shape == (halved.shape[0] // rest, halved.shape[1] // rest, 3)
