@@ -43,8 +43,8 @@ MIN_REDUCED_SIGMA = 2.0
 ANTIALIAS_SIGMA = 0.28
 ANTIALIAS_MIN_RATIO = 1.5
 CANVAS_RATIO = 2.5
-# Halvings (exact 2×2 means, OpenCV's fast path) the retina-finding thumbnail is reduced by before any
-# remaining odd factor: ~4x cheaper than one generic block mean on a half-scale decode.
+# Halvings (exact 2×2 means, OpenCV's fast path) a block mean is done by before any remaining odd factor
+# (the retina-finding thumbnail; the Gaussian step's reduced copy): ~4x cheaper than one generic block mean.
 MAX_HALVINGS = 6
 
 
