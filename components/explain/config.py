@@ -46,7 +46,9 @@ class ExplainConfig:
     filter_count: int = 8  # filters per layer visualised by activation maximisation
     filter_steps: int = 32
     faithfulness_steps: int = 16  # deletion/insertion steps; 0 = skip
-    baseline: str = "grey"  # deletion/insertion baseline
+    # deletion/insertion baseline: a blurred copy keeps each image's own intensities where pixels are "removed";
+    # flat grey is out of distribution for OCT (a demo OCT model read it as CNV: its faithful maps scored < 0)
+    baseline: str = "blur"
     thresholds: str | Mapping[str, tuple[str, float]] = ""  # faithfulness gate; "" = defaults, "none" = off
     input_range: str = "0-1"  # pixel range the model expects
     pointing_tolerance: float = POINTING_TOLERANCE_AT_224  # px at 224 px input, scaled to the model's size
@@ -120,7 +122,7 @@ HELP: dict[str, str] = {
     "filter_count": "filters per layer to visualise by activation maximisation",
     "filter_steps": "gradient-ascent steps per filter view",
     "faithfulness_steps": "deletion/insertion steps (0 = skip)",
-    "baseline": "deletion/insertion baseline: grey | blur",
+    "baseline": "deletion/insertion baseline: blur (a blurred copy, default) | grey (flat 0.5)",
     "champion": "the champion's model URI: its heatmaps beside this model's, with their SSIM, in the report",
     "thresholds": 'faithfulness gate, e.g. "randomization_ssim<=0.5,pointing_game>=0.3" '
     '(default: randomization_ssim<=0.5,insertion_minus_deletion>=0; "none" = no gate)',

@@ -3,7 +3,11 @@
 - Deletion / insertion AUC (Petsiuk et al. 2018, RISE): remove (or add) pixels in the order the map
   ranks them and follow the target class probability; a faithful map makes it drop fast (low
   deletion AUC) and rise fast (high insertion AUC). Every perturbed image of every image is built in
-  numpy and scored in batched forward passes. Baseline: flat grey 0.5 or a blurred copy of the image.
+  numpy and scored in batched forward passes. Baseline: a blurred copy of the image (the default, RISE's
+  insertion start: it keeps the image's own intensities, so "removed" stays inside what the model was
+  trained on) or flat grey 0.5 (right for Graham-normalised fundus photos, whose background is 128; out of
+  distribution for an OCT B-scan: a demo OCT model classified flat grey as CNV, so deleting the lesions a
+  map found left CNV standing and its insertion − deletion came out negative on three of four classes).
 - Pointing game (Zhang et al. 2016) and energy-in-mask (Wang et al. 2020, "energy-based pointing
   game") against lesion masks, when the data has them (the synthetic sets do). The chance rate of the
   pointing game is the mask's area fraction, reported beside it.
@@ -33,7 +37,7 @@ DEFAULT_THRESHOLDS: dict[str, tuple[str, float]] = {
 }
 
 
-def baseline_images(images: np.ndarray, baseline: str = "grey", blur_sigma: float | None = None) -> np.ndarray:
+def baseline_images(images: np.ndarray, baseline: str = "blur", blur_sigma: float | None = None) -> np.ndarray:
     """What 'removed' pixels become: grey 0.5, or a strongly blurred copy (keeps colour, drops detail)."""
     import cv2
 
@@ -60,7 +64,7 @@ def deletion_insertion(
     cams: np.ndarray,
     targets: Sequence[int],
     steps: int = 16,
-    baseline: str = "grey",
+    baseline: str = "blur",
     batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
     """Deletion and insertion AUC per image. `predict(x) -> probabilities [N, C]`.

@@ -186,8 +186,20 @@ def _read_raw(
     return images, problems
 
 
+# A class-balanced sample needs a look past the first records: shards keep their writer's order, often
+# one class after another. The look is bounded (these many records per image asked for, at least
+# SCAN_MIN), so a gate on 16 images never reads a whole EyePACS-sized split.
+SCAN_PER_IMAGE = 8
+SCAN_MIN = 64
+
+
 def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Already-preprocessed images from the dataset's shards (test split first)."""
+    """Already-preprocessed images from the dataset's shards, class-balanced (`_balanced`): test split first,
+    then val and train, reading at most max(SCAN_PER_IMAGE · max_images, SCAN_MIN) records.
+
+    The first `max_images` records of a class-sorted shard would be one or two classes; the explanation
+    gate's mean over them says how the maps do on those classes only (a model could pass on its easiest
+    class and fail on the rest, or fail on a class with nothing to point at, as "no disease")."""
     import tensorflow as tf
 
     from components.common.shards import read_manifest, split_shards, stage_dataset
@@ -196,29 +208,62 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
     root = stage_dataset(images_uri)
     splits = list(manifest.get("splits", {}))
     ordered = [s for s in ("test", "val", "train") if s in splits] + [s for s in splits if s not in ("test", "val", "train")]
-    images: list[InputImage] = []
+    budget = max(SCAN_PER_IMAGE * max_images, SCAN_MIN)
+    seen: list[tuple[int | None, InputImage]] = []
+    kept: dict[int | None, int] = {}
     problems: list[tuple[str, str]] = []
-    for split in ordered:
-        for shard in split_shards(root, split, manifest):
-            for n, raw in enumerate(tf.data.TFRecordDataset(str(shard), compression_type="GZIP")):
-                if len(images) >= max_images:
-                    return images, problems
-                ex = tf.train.Example.FromString(raw.numpy()).features.feature
-                image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else f"{shard.name}#{n}"
-                try:
-                    img = decode(ex["image"].bytes_list.value[0], image_id)
-                    mask = None
-                    if "mask" in ex and ex["mask"].bytes_list.value:
-                        mask = decode(ex["mask"].bytes_list.value[0], image_id + " mask")
-                        mask = mask[..., 0] if mask.ndim == 3 else mask
-                    label = int(ex["label"].int64_list.value[0]) if "label" in ex else None
-                    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
-                    model_input, model_mask = _resize_only(rgb, mask, image_size)
-                except (ImageRejected, IndexError, KeyError) as exc:
-                    problems.append((image_id, getattr(exc, "reason", f"bad record: {exc}")))
-                    continue
-                images.append(InputImage(image_id, f"{split}/{shard.name}", rgb, model_input, model_mask, label))
-    return images, problems
+
+    def records():
+        for split in ordered:
+            for shard in split_shards(root, split, manifest):
+                for n, raw in enumerate(tf.data.TFRecordDataset(str(shard), compression_type="GZIP")):
+                    yield split, shard, n, raw
+
+    for scanned, (split, shard, n, raw) in enumerate(records()):
+        if scanned >= budget or _balanced_enough(kept, max_images, len(manifest.get("class_names") or [])):
+            break
+        ex = tf.train.Example.FromString(raw.numpy()).features.feature
+        image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else f"{shard.name}#{n}"
+        label = int(ex["label"].int64_list.value[0]) if "label" in ex and ex["label"].int64_list.value else None
+        if kept.get(label, 0) >= max_images:
+            continue  # this class already has all an answer could take from it
+        try:
+            img = decode(ex["image"].bytes_list.value[0], image_id)
+            mask = None
+            if "mask" in ex and ex["mask"].bytes_list.value:
+                mask = decode(ex["mask"].bytes_list.value[0], image_id + " mask")
+                mask = mask[..., 0] if mask.ndim == 3 else mask
+            rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
+            model_input, model_mask = _resize_only(rgb, mask, image_size)
+        except (ImageRejected, IndexError, KeyError) as exc:
+            problems.append((image_id, getattr(exc, "reason", f"bad record: {exc}")))
+            continue
+        kept[label] = kept.get(label, 0) + 1
+        seen.append((label, InputImage(image_id, f"{split}/{shard.name}", rgb, model_input, model_mask, label)))
+    return _balanced(seen, max_images), problems
+
+
+def _balanced_enough(kept: dict[int | None, int], max_images: int, num_classes: int) -> bool:
+    """Every class of the manifest has its share of `max_images` (rounded up): reading on changes nothing."""
+    if num_classes <= 0:
+        return sum(kept.values()) >= max_images and None in kept and len(kept) == 1
+    share = -(-max_images // num_classes)
+    return all(kept.get(c, 0) >= share for c in range(num_classes))
+
+
+def _balanced(seen: list[tuple[int | None, InputImage]], max_images: int) -> list[InputImage]:
+    """Up to `max_images`, dealt one class at a time (label order, unlabelled last; each class in reading
+    order) until every class is used up; returned in reading order. Deterministic."""
+    queues: dict[int | None, list[int]] = {}
+    for i, (label, _) in enumerate(seen):
+        queues.setdefault(label, []).append(i)
+    order = sorted(queues, key=lambda c: (c is None, c if c is not None else 0))
+    chosen: list[int] = []
+    while len(chosen) < max_images and any(queues[c] for c in order):
+        for c in order:
+            if queues[c] and len(chosen) < max_images:
+                chosen.append(queues[c].pop(0))
+    return [seen[i][1] for i in sorted(chosen)]
 
 
 def _resize_only(img: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -112,6 +112,53 @@ def test_preprocessed_tfrecord_dataset_with_mask_feature(trained_model_dir, tmp_
     assert result.pointing_game >= 0.75
 
 
+def _write_labelled_shards(root: Path, labels: list[int | None], class_names: list[str]) -> None:
+    """A preprocessed dataset whose test shard holds `labels` in this order (class-sorted, as writers leave it)."""
+    import tensorflow as tf
+
+    from infra.local.synthetic import encode_png
+
+    (root / "test").mkdir(parents=True)
+    shard = "test/test-00000-of-00001.tfrecord.gz"
+    image = encode_png(np.full((8, 8, 3), 128, np.uint8))
+    with tf.io.TFRecordWriter(str(root / shard), options="GZIP") as w:
+        for i, label in enumerate(labels):
+            feat = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                    "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"img{i}".encode()]))}
+            if label is not None:
+                feat["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+            w.write(tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString())
+    manifest = {"modality": "oct", "image_size": 8, "class_names": class_names,
+                "splits": {"test": {"count": len(labels), "per_class": {}, "shards": [shard]}}, "parameters": {}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_images_from_a_class_sorted_dataset_are_class_balanced(tmp_path):
+    """The explain gate averages its metrics over the images it reads: from a shard sorted by class, the first
+    N would be one class. They are dealt one class at a time, in reading order, within a bounded look."""
+    from components.explain.inputs import SCAN_MIN, read_inputs
+
+    names = ["NORMAL", "CNV", "DME", "DRUSEN"]
+    _write_labelled_shards(tmp_path / "sorted", [c for c in range(4) for _ in range(10)], names)
+    images, problems = read_inputs(str(tmp_path / "sorted"), None, 8, max_images=8, progress=False)
+    assert not problems
+    assert [i.label for i in images] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [i.image_id for i in images] == ["img0", "img1", "img10", "img11", "img20", "img21", "img30", "img31"]
+    six = read_inputs(str(tmp_path / "sorted"), None, 8, max_images=6, progress=False)[0]
+    assert [i.label for i in six] == [0, 0, 1, 1, 2, 3]  # dealt 0, 1, 2, 3, 0, 1; shown in reading order
+    # a rare class gives what it has; the others fill the rest
+    _write_labelled_shards(tmp_path / "rare", [0] * 12 + [1] + [2] * 12, names[:3])
+    rare = read_inputs(str(tmp_path / "rare"), None, 8, max_images=7, progress=False)[0]
+    assert sorted(i.label for i in rare) == [0, 0, 0, 1, 2, 2, 2]
+    # the look is bounded: a class first met after the budget is not read
+    _write_labelled_shards(tmp_path / "long", [0] * (SCAN_MIN + 5) + [1] * 3, names[:2])
+    assert {i.label for i in read_inputs(str(tmp_path / "long"), None, 8, max_images=4, progress=False)[0]} == {0}
+    # unlabelled records: the first N, as before
+    _write_labelled_shards(tmp_path / "unlabelled", [None] * 9, [])
+    plain = read_inputs(str(tmp_path / "unlabelled"), None, 8, max_images=5, progress=False)[0]
+    assert [i.image_id for i in plain] == [f"img{i}" for i in range(5)]
+
+
 @pytest.mark.stack
 def test_report_on_seaweedfs_every_src_resolves(stack, trained_model_dir, planted_folder):
     from components.common import storage
