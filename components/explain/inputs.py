@@ -194,12 +194,14 @@ SCAN_MIN = 64
 
 
 def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Already-preprocessed images from the dataset's shards, class-balanced (`_balanced`): test split first,
-    then val and train, reading at most max(SCAN_PER_IMAGE · max_images, SCAN_MIN) records.
+    """Already-preprocessed images from the dataset's shards, class-balanced (`_dealing_order`): test split
+    first, then val and train, looking at most max(SCAN_PER_IMAGE · max_images, SCAN_MIN) records.
 
     The first `max_images` records of a class-sorted shard would be one or two classes; the explanation
     gate's mean over them says how the maps do on those classes only (a model could pass on its easiest
-    class and fail on the rest, or fail on a class with nothing to point at, as "no disease")."""
+    class and fail on the rest, or fail on a class with nothing to point at, as "no disease"). Records are
+    kept encoded while looking (at most `max_images` per class); only the chosen ones are decoded, and an
+    unreadable one is listed and replaced by the next in the dealing order."""
     import tensorflow as tf
 
     from components.common.shards import read_manifest, split_shards, stage_dataset
@@ -209,24 +211,33 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
     splits = list(manifest.get("splits", {}))
     ordered = [s for s in ("test", "val", "train") if s in splits] + [s for s in splits if s not in ("test", "val", "train")]
     budget = max(SCAN_PER_IMAGE * max_images, SCAN_MIN)
-    seen: list[tuple[int | None, InputImage]] = []
+    num_classes = len(manifest.get("class_names") or [])
+    candidates: list[tuple[int | None, str, Any]] = []  # (label, "split/shard#n", parsed features)
     kept: dict[int | None, int] = {}
-    problems: list[tuple[str, str]] = []
 
     def records():
         for split in ordered:
             for shard in split_shards(root, split, manifest):
                 for n, raw in enumerate(tf.data.TFRecordDataset(str(shard), compression_type="GZIP")):
-                    yield split, shard, n, raw
+                    yield f"{split}/{shard.name}", n, raw
 
-    for scanned, (split, shard, n, raw) in enumerate(records()):
-        if scanned >= budget or _balanced_enough(kept, max_images, len(manifest.get("class_names") or [])):
+    for scanned, (source, n, raw) in enumerate(records()):
+        if scanned >= budget or _balanced_enough(kept, max_images, num_classes):
             break
         ex = tf.train.Example.FromString(raw.numpy()).features.feature
-        image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else f"{shard.name}#{n}"
         label = int(ex["label"].int64_list.value[0]) if "label" in ex and ex["label"].int64_list.value else None
         if kept.get(label, 0) >= max_images:
             continue  # this class already has all an answer could take from it
+        kept[label] = kept.get(label, 0) + 1
+        candidates.append((label, f"{source}#{n}", ex))
+
+    chosen: list[tuple[int, InputImage]] = []
+    problems: list[tuple[str, str]] = []
+    for i in _dealing_order([label for label, _, _ in candidates]):
+        if len(chosen) >= max_images:
+            break
+        label, where, ex = candidates[i]
+        image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else where.split("/", 1)[1]
         try:
             img = decode(ex["image"].bytes_list.value[0], image_id)
             mask = None
@@ -238,32 +249,29 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
         except (ImageRejected, IndexError, KeyError) as exc:
             problems.append((image_id, getattr(exc, "reason", f"bad record: {exc}")))
             continue
-        kept[label] = kept.get(label, 0) + 1
-        seen.append((label, InputImage(image_id, f"{split}/{shard.name}", rgb, model_input, model_mask, label)))
-    return _balanced(seen, max_images), problems
+        chosen.append((i, InputImage(image_id, where.rsplit("#", 1)[0], rgb, model_input, model_mask, label)))
+    return [image for _, image in sorted(chosen, key=lambda pair: pair[0])], problems
 
 
 def _balanced_enough(kept: dict[int | None, int], max_images: int, num_classes: int) -> bool:
-    """Every class of the manifest has its share of `max_images` (rounded up): reading on changes nothing."""
+    """Every class of the manifest has its share of `max_images` (rounded up): looking on changes nothing."""
     if num_classes <= 0:
         return sum(kept.values()) >= max_images and None in kept and len(kept) == 1
     share = -(-max_images // num_classes)
     return all(kept.get(c, 0) >= share for c in range(num_classes))
 
 
-def _balanced(seen: list[tuple[int | None, InputImage]], max_images: int) -> list[InputImage]:
-    """Up to `max_images`, dealt one class at a time (label order, unlabelled last; each class in reading
-    order) until every class is used up; returned in reading order. Deterministic."""
+def _dealing_order(labels: list[int | None]) -> list[int]:
+    """Indices of `labels` dealt one class at a time (label order, unlabelled last; each class in reading
+    order) until every class is used up. Deterministic."""
     queues: dict[int | None, list[int]] = {}
-    for i, (label, _) in enumerate(seen):
+    for i, label in enumerate(labels):
         queues.setdefault(label, []).append(i)
-    order = sorted(queues, key=lambda c: (c is None, c if c is not None else 0))
-    chosen: list[int] = []
-    while len(chosen) < max_images and any(queues[c] for c in order):
-        for c in order:
-            if queues[c] and len(chosen) < max_images:
-                chosen.append(queues[c].pop(0))
-    return [seen[i][1] for i in sorted(chosen)]
+    classes = sorted(queues, key=lambda c: (c is None, c if c is not None else 0))
+    order: list[int] = []
+    for rank in range(max((len(q) for q in queues.values()), default=0)):
+        order.extend(queues[c][rank] for c in classes if rank < len(queues[c]))
+    return order
 
 
 def _resize_only(img: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:

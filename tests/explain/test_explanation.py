@@ -112,7 +112,7 @@ def test_preprocessed_tfrecord_dataset_with_mask_feature(trained_model_dir, tmp_
     assert result.pointing_game >= 0.75
 
 
-def _write_labelled_shards(root: Path, labels: list[int | None], class_names: list[str]) -> None:
+def _write_labelled_shards(root: Path, labels: list[int | None], class_names: list[str], bad: tuple[int, ...] = ()) -> None:
     """A preprocessed dataset whose test shard holds `labels` in this order (class-sorted, as writers leave it)."""
     import tensorflow as tf
 
@@ -123,7 +123,8 @@ def _write_labelled_shards(root: Path, labels: list[int | None], class_names: li
     image = encode_png(np.full((8, 8, 3), 128, np.uint8))
     with tf.io.TFRecordWriter(str(root / shard), options="GZIP") as w:
         for i, label in enumerate(labels):
-            feat = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+            data = b"not a png" if i in bad else image
+            feat = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
                     "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"img{i}".encode()]))}
             if label is not None:
                 feat["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
@@ -153,6 +154,11 @@ def test_images_from_a_class_sorted_dataset_are_class_balanced(tmp_path):
     # the look is bounded: a class first met after the budget is not read
     _write_labelled_shards(tmp_path / "long", [0] * (SCAN_MIN + 5) + [1] * 3, names[:2])
     assert {i.label for i in read_inputs(str(tmp_path / "long"), None, 8, max_images=4, progress=False)[0]} == {0}
+    # an unreadable record is listed and the next one in the dealing order takes its place
+    _write_labelled_shards(tmp_path / "bad", [c for c in range(3) for _ in range(4)], names[:3], bad=(4,))
+    images, problems = read_inputs(str(tmp_path / "bad"), None, 8, max_images=6, progress=False)
+    assert [p[0] for p in problems] == ["img4"]
+    assert [i.image_id for i in images] == ["img0", "img1", "img2", "img5", "img8", "img9"]
     # unlabelled records: the first N, as before
     _write_labelled_shards(tmp_path / "unlabelled", [None] * 9, [])
     plain = read_inputs(str(tmp_path / "unlabelled"), None, 8, max_images=5, progress=False)[0]
