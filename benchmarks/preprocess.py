@@ -139,8 +139,8 @@ def timed_all(paths: dict, images: list[tuple[str, bytes]], params: PreprocessPa
         for name, fn in paths.items():
             start = time.perf_counter()
             outputs[name].append(fn(data, params))
-            best[name][i] = time.perf_counter() - start
-    best = {name: [float("inf")] * len(images) if name not in once else times for name, times in best.items()}
+            if name in once:
+                best[name][i] = time.perf_counter() - start
     for _ in range(repeats):
         for i, (_, data) in enumerate(images):
             for name, fn in paths.items():

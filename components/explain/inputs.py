@@ -212,16 +212,16 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
     ordered = [s for s in ("test", "val", "train") if s in splits] + [s for s in splits if s not in ("test", "val", "train")]
     budget = max(SCAN_PER_IMAGE * max_images, SCAN_MIN)
     num_classes = len(manifest.get("class_names") or [])
-    candidates: list[tuple[int | None, str, Any]] = []  # (label, "split/shard#n", parsed features)
+    candidates: list[tuple[int | None, str, str, Any]] = []  # (label, "split/shard", record id, parsed features)
     kept: dict[int | None, int] = {}
 
     def records():
         for split in ordered:
             for shard in split_shards(root, split, manifest):
                 for n, raw in enumerate(tf.data.TFRecordDataset(str(shard), compression_type="GZIP")):
-                    yield f"{split}/{shard.name}", n, raw
+                    yield f"{split}/{shard.name}", f"{shard.name}#{n}", raw
 
-    for scanned, (source, n, raw) in enumerate(records()):
+    for scanned, (source, record_id, raw) in enumerate(records()):
         if scanned >= budget or _balanced_enough(kept, max_images, num_classes):
             break
         ex = tf.train.Example.FromString(raw.numpy()).features.feature
@@ -229,15 +229,15 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
         if kept.get(label, 0) >= max_images:
             continue  # this class already has all an answer could take from it
         kept[label] = kept.get(label, 0) + 1
-        candidates.append((label, f"{source}#{n}", ex))
+        candidates.append((label, source, record_id, ex))
 
     chosen: list[tuple[int, InputImage]] = []
     problems: list[tuple[str, str]] = []
-    for i in _dealing_order([label for label, _, _ in candidates]):
+    for i in _dealing_order([label for label, *_ in candidates]):
         if len(chosen) >= max_images:
             break
-        label, where, ex = candidates[i]
-        image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else where.split("/", 1)[1]
+        label, source, record_id, ex = candidates[i]
+        image_id = ex["image_id"].bytes_list.value[0].decode() if "image_id" in ex else record_id
         try:
             img = decode(ex["image"].bytes_list.value[0], image_id)
             mask = None
@@ -249,7 +249,7 @@ def _read_tfrecords(images_uri: str, image_size: int, max_images: int) -> tuple[
         except (ImageRejected, IndexError, KeyError) as exc:
             problems.append((image_id, getattr(exc, "reason", f"bad record: {exc}")))
             continue
-        chosen.append((i, InputImage(image_id, where.rsplit("#", 1)[0], rgb, model_input, model_mask, label)))
+        chosen.append((i, InputImage(image_id, source, rgb, model_input, model_mask, label)))
     return [image for _, image in sorted(chosen, key=lambda pair: pair[0])], problems
 
 
