@@ -83,7 +83,8 @@ def load_explainable_model(model_uri: str) -> tuple[Any, Any]:
 def with_input_range(model: Any, input_range: str) -> Any:
     """`model` behind a Rescaling layer, so the explanation code feeds [0, 1] images to every model.
 
-    Baselines (grey 0.5), perturbations and overlays all live in [0, 1]; only the model sees its own range.
+    Baselines (a blurred copy, or grey 0.5), perturbations and overlays all live in [0, 1]; only the model sees
+    its own range.
     The original model is nested unchanged: CAM surgery and feature maps reach its layers as usual.
     """
     scale, offset = INPUT_RANGES[input_range]  # a KeyError here is a caller's bug: explain_images checks first

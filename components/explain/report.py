@@ -40,10 +40,11 @@ EYE_ID = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")  # EyePACS image i
 
 # One sentence per number, shown under the tables: what it measures and which way is good.
 METRIC_MEANINGS: dict[str, str] = {
-    "deletion_auc": "Area under the target probability as the map's most important pixels are greyed out first; "
+    "deletion_auc": "Area under the target probability as the map's most important pixels are removed first "
+                    "(replaced by the baseline: a blurred copy of the image, or flat grey with --baseline grey); "
                     "lower is better (the prediction collapses when what the map highlights is removed).",
     "insertion_auc": "Area under the target probability as the map's most important pixels are restored first "
-                     "onto a grey image; higher is better.",
+                     "onto the baseline (a blurred copy, or flat grey); higher is better.",
     "insertion_minus_deletion": "Insertion minus deletion AUC; above 0 means ranking pixels by the map beats "
                                 "ranking them the other way round.",
     "pointing_game": "Share of images whose hottest pixel lies inside a ground-truth lesion; compare with the "
